@@ -1,0 +1,123 @@
+"""Scorers with no training, used as baselines: ``random``, ``aspect``, ``color``, ``imagenet``.
+
+Every scorer (trained models too, see :mod:`fos.evaluate`) maps a :class:`Batch` (one query background
+and the candidate foregrounds of its category) to one score per candidate; higher is better.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fos.config import PreprocessCfg
+from fos.preprocess import (
+    PreparedBackground, context_crop, foreground_input, foreground_mask, pad_to_square, resize_square, to_tensor,
+)
+
+
+@dataclass
+class Candidates:
+    """The candidate foregrounds of one category, loaded once."""
+
+    names: list[str]
+    images: list[Image.Image]  # RGB, object on white
+    cache: dict  # scorer-specific per-candidate features
+
+
+class Scorer:
+    name = "scorer"
+
+    def prepare(self, cands: Candidates) -> None:
+        """Compute per-candidate features once per category (stored in ``cands.cache``)."""
+
+    def score(self, bg: PreparedBackground, cands: Candidates) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomScorer(Scorer):
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def score(self, bg, cands):
+        key = zlib.crc32(f"{self.seed}:{bg.box}:{','.join(cands.names)}".encode())
+        return np.random.default_rng(key).random(len(cands.names))
+
+
+class AspectScorer(Scorer):
+    """Closeness of the box's and the foreground's aspect ratios: -|log(box ar) - log(fg ar)|."""
+
+    name = "aspect"
+
+    def score(self, bg, cands):
+        x1, y1, x2, y2 = bg.box
+        lb = math.log((x2 - x1) / (y2 - y1))
+        return np.array([-abs(lb - math.log(im.width / im.height)) for im in cands.images])
+
+
+def _color_stats(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 RGB -> [mean, std] per channel in 0..1, (6,)."""
+    p = pixels.astype(np.float64) / 255.0
+    if len(p) == 0:
+        return np.full(6, 0.5)
+    return np.concatenate([p.mean(0), p.std(0)])
+
+
+class ColorScorer(Scorer):
+    """Colour statistics of the area around the box (the crop ring, box excluded) vs the object's pixels."""
+
+    name = "color"
+
+    def prepare(self, cands):
+        stats = []
+        for im in cands.images:
+            m = foreground_mask(im)
+            stats.append(_color_stats(np.asarray(im)[m] if m.any() else np.asarray(im).reshape(-1, 3)))
+        cands.cache["color"] = np.stack(stats)
+
+    def score(self, bg, cands):
+        arr = np.asarray(bg.filled)
+        cx1, cy1, cx2, cy2 = bg.crop_box
+        x1, y1, x2, y2 = bg.box
+        ring = np.ones((cy2 - cy1, cx2 - cx1), bool)
+        ring[y1 - cy1:y2 - cy1, x1 - cx1:x2 - cx1] = False
+        region = arr[cy1:cy2, cx1:cx2][ring]
+        if len(region) == 0:  # the box fills the whole image: use the whole image
+            region = arr.reshape(-1, 3)
+        s = _color_stats(region)
+        return -np.linalg.norm(cands.cache["color"] - s, axis=1)
+
+
+class ImageNetScorer(Scorer):
+    """Cosine of ImageNet MobileNetV2 embeddings of the crop around the box and of the foreground."""
+
+    name = "imagenet"
+
+    def __init__(self, pcfg: PreprocessCfg | None = None):
+        from fos.models.backbones import Backbone
+
+        self.pcfg = pcfg or PreprocessCfg()
+        self.net = Backbone("mobilenet_v2", pretrained=True).eval()
+
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(x).mean((2, 3)), dim=-1)
+
+    def prepare(self, cands):
+        x = torch.stack([foreground_input(im, self.pcfg) for im in cands.images])
+        cands.cache["imagenet"] = torch.cat([self._embed(c) for c in x.split(32)])
+
+    def score(self, bg, cands):
+        q = self._embed(to_tensor(context_crop(bg, self.pcfg), self.pcfg)[None])
+        return (cands.cache["imagenet"] @ q[0]).numpy()
+
+
+BASELINES = {"random": RandomScorer, "aspect": AspectScorer, "color": ColorScorer, "imagenet": ImageNetScorer}
+
+__all__ = ["Candidates", "Scorer", "BASELINES", "pad_to_square", "resize_square"]

@@ -1,0 +1,89 @@
+"""Configuration dataclasses. Every config round-trips through ``asdict`` / ``from_dict``."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _from_dict(cls, d: dict[str, Any] | Any):
+    if isinstance(d, cls):
+        return d
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected some of {sorted(names)}")
+    return cls(**d)
+
+
+@dataclass
+class PreprocessCfg:
+    """How images become tensors. Shared by training, evaluation, export, benchmark and app."""
+
+    image_size: int = 224  # square network input, as in the paper
+    mean: float = 0.5  # the paper normalizes with mean = std = 0.5 on every channel
+    std: float = 0.5
+    fill_value: int = 128  # gray that fills the query box in the background
+    pad_value: int = 255  # white used to pad foregrounds to a square
+    crop_scale: float = 2**0.5  # teacher crop: box width and height enlarged by sqrt(2) (twice the area)
+    max_pixels: int = 40_000_000  # refuse larger images with a clear error
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d)
+
+
+@dataclass
+class ModelCfg:
+    """Architecture of a teacher or a student. Stored next to every checkpoint."""
+
+    kind: str = "student"  # "student" or "teacher"
+    backbone: str = "mobilenet_v2"  # "mobilenet_v2" or "vgg19"
+    pretrained: bool = True  # ImageNet init of the backbone when building from scratch
+    proj_dim: int | None = 128  # 1x1 projection of the backbone map; None keeps the backbone width
+    embed_dim: int | None = 128  # linear embedding for the triplet loss / prefilter; None = pooled map
+    geometry: bool = True  # feed box and foreground aspect ratios to the classifier
+    align_size: int = 7  # RoIAlign output size
+    sampling_ratio: int = 2  # RoIAlign samples per bin side; <= 0 means adaptive (torchvision's -1)
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d)
+
+
+@dataclass
+class TrainCfg:
+    """Hyper-parameters of ``python -m fos.train``."""
+
+    data: str = "../shared/data/msrc-fos"
+    out: str = "runs/student"
+    labels: str = "sfosd"  # which train json: train_sfosd.json or train_rfosd.json
+    epochs: int = 6
+    batch_size: int = 8  # backgrounds per step
+    num_neg: int = 3  # negatives per background
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    trainable_blocks: int = 6  # train only the last N backbone stages (rest frozen, faster on CPU)
+    box_jitter: float = 0.5  # enlarge the box by up to this fraction per side (R-FOSD box jitter)
+    aug_prob: float = 0.5  # chance that a positive gets colour jitter or blur
+    triplet_margin: float = 0.1
+    w_triplet: float = 1.0
+    w_distill: float = 1.0
+    w_bce: float = 1.0
+    teacher: str = "weights/teacher.safetensors"  # used by the student only
+    seed: int = 0
+    threads: int = 0  # torch threads, 0 = torch default
+    workers: int = 2  # data loader processes
+    max_steps: int = 0  # stop after this many steps (0 = no limit); for smoke tests
+    limit: int = 0  # use only the first N training backgrounds (0 = all)
+    ckpt_every: int = 25  # steps between checkpoints (also at every epoch end)
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+__all__ = ["PreprocessCfg", "ModelCfg", "TrainCfg", "to_dict", "field"]

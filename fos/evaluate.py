@@ -1,0 +1,188 @@
+"""Evaluation: ``python -m fos.evaluate --data DIR --model NAME [--weights PATH] [--json OUT]``.
+
+S-FOSD (test set 1): Recall@1/5/10/20 per category, then averaged over categories (the paper's
+protocol). R-FOSD (test set 2): mAP, mAP-20, Precision@1/5/10/20 after FOSD's aspect-ratio filter.
+
+``--box-jitter F`` evaluates with *loose* query boxes: each box is enlarged by a seeded random
+5%..F of its width and height (never shrunk, so the stored gray region stays covered). With exact
+boxes, a foreground cropped to its own box has exactly the box's aspect ratio, which gives the
+answer away; loose boxes are closer to what a person draws.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fos.baselines import BASELINES, Candidates, Scorer
+from fos.checkpoint import WeightsError, atomic_write_json, load_checkpoint, load_official_student
+from fos.config import PreprocessCfg
+from fos.data import DatasetError, TestSet, load_test
+from fos.metrics import average_over_categories, rfosd_metrics, sfosd_metrics
+from fos.preprocess import (
+    InputError, PreparedBackground, foreground_input, geometry_features, jitter_box, load_image,
+    norm_to_pixel_box, prepare_background, teacher_input,
+)
+
+log = logging.getLogger("fos.evaluate")
+DEFAULT_WEIGHTS = {"teacher": "weights/teacher.safetensors", "student": "weights/student.safetensors"}
+
+
+class TeacherScorer(Scorer):
+    """One composite forward per (background, foreground) pair."""
+
+    name = "teacher"
+
+    def __init__(self, model):
+        self.model, self.pcfg = model.eval(), getattr(model, "preprocess_cfg", PreprocessCfg())
+
+    @torch.no_grad()
+    def score(self, bg, cands):
+        x = torch.stack([teacher_input(bg, im, self.pcfg) for im in cands.images])
+        g = torch.from_numpy(np.stack([geometry_features(bg.box, im.size) for im in cands.images]))
+        return torch.cat([self.model.score(xc, gc if self.model.cfg.geometry else None)
+                          for xc, gc in zip(x.split(64), g.split(64))]).numpy()
+
+
+class StudentScorer(Scorer):
+    """Foreground features once per category; per query one background encode and the head."""
+
+    name = "student"
+
+    def __init__(self, model):
+        self.model, self.pcfg = model.eval(), getattr(model, "preprocess_cfg", PreprocessCfg())
+
+    @torch.no_grad()
+    def prepare(self, cands):
+        x = torch.stack([foreground_input(im, self.pcfg) for im in cands.images])
+        fmap = torch.cat([self.model.encode_foreground(c)[0] for c in x.split(32)])
+        cands.cache["fg_part"] = self.model.head.fg_part(fmap)
+
+    @torch.no_grad()
+    def score(self, bg, cands):
+        roi, _ = self.model.encode_background(bg.tensor[None], bg.crop_box_net[None])
+        g = torch.from_numpy(np.stack([geometry_features(bg.box, im.size) for im in cands.images]))
+        _, logit = self.model.head.finish(self.model.head.bg_part(roi), cands.cache["fg_part"],
+                                          g if self.model.cfg.geometry else None)
+        return torch.sigmoid(logit).numpy()
+
+
+def make_scorer(name: str, weights: str | None = None, seed: int = 0) -> Scorer:
+    """A baseline by name, or a trained model from ``weights`` (default ``weights/<name>.safetensors``)."""
+    if name in BASELINES:
+        return BASELINES[name](seed) if name == "random" else BASELINES[name]()
+    path = weights or DEFAULT_WEIGHTS.get(name)
+    if path is None:
+        raise WeightsError(f"model {name!r} needs --weights PATH (baselines: {', '.join(BASELINES)})")
+    if name == "student_vgg19" and not path.endswith(".safetensors"):
+        model = load_official_student(path)
+    else:
+        model = load_checkpoint(path)
+    scorer = TeacherScorer(model) if model.cfg.kind == "teacher" else StudentScorer(model)
+    scorer.name = name
+    return scorer
+
+
+def query_box(query, width: int, height: int, box_jitter: float, seed: int):
+    box = norm_to_pixel_box(query.bbox, width, height)
+    if box_jitter > 0:
+        box = jitter_box(box, width, height, box_jitter, random.Random(f"{seed}:{query.name}"))
+    return box
+
+
+def score_testset(ts: TestSet, scorer: Scorer, box_jitter: float = 0.0, seed: int = 0,
+                  categories: list[str] | None = None, progress: bool = True):
+    """Scores (n_query, n_fg) and aspect differences for every category."""
+    out = {}
+    cats = categories or list(ts.categories)
+    unknown = [c for c in cats if c not in ts.categories]
+    if unknown:
+        raise InputError(f"unknown categories {unknown}; the test set has {sorted(ts.categories)}")
+    bar = tqdm(total=sum(len(ts.categories[c].queries) for c in cats), desc=f"eval {scorer.name}",
+               unit="query", disable=not progress, dynamic_ncols=True)
+    for cat in cats:
+        cs = ts.categories[cat]
+        cands = Candidates(cs.fg_names, [load_image(p, what="foreground") for p in cs.fg_paths], {})
+        scorer.prepare(cands)
+        scores, ratio = [], []
+        for q in cs.queries:
+            bg_img = load_image(q.bg_path, what="background")
+            box = query_box(q, *bg_img.size, box_jitter, seed)
+            bg = prepare_background(bg_img, box)
+            scores.append(np.asarray(scorer.score(bg, cands), dtype=np.float64))
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            ratio.append([abs(bw / bh - im.width / im.height) for im in cands.images])
+            bar.update(1)
+        out[cat] = (np.stack(scores), np.array(ratio))
+    bar.close()
+    return out
+
+
+def evaluate(ts: TestSet, scorer: Scorer, box_jitter: float = 0.0, seed: int = 0, threshold: float = 1.2,
+             categories: list[str] | None = None, progress: bool = True) -> dict:
+    """Metrics of ``scorer`` on ``ts``; the dict is what ``--json`` writes."""
+    scored = score_testset(ts, scorer, box_jitter, seed, categories, progress)
+    per_cat = {}
+    for cat, (scores, ratio) in scored.items():
+        labels = ts.categories[cat].labels
+        m = sfosd_metrics(labels, scores) if ts.kind == "sfosd" else rfosd_metrics(labels, scores, ratio, threshold)
+        per_cat[cat] = {**m, "n_queries": len(labels)}
+    overall = average_over_categories({c: {k: v for k, v in m.items() if k != "n_queries"} for c, m in per_cat.items()})
+    return {"model": scorer.name, "n_queries": sum(m["n_queries"] for m in per_cat.values()), **overall,
+            "per_category": per_cat}
+
+
+def format_table(result: dict) -> str:
+    keys = [k for k in result if k not in ("model", "n_queries", "per_category")]
+    rows = [["category", "n", *keys]]
+    for c, m in result["per_category"].items():
+        rows.append([c, str(m["n_queries"]), *[f"{m[k]:.3f}" for k in keys]])
+    rows.append(["MEAN (per category)", str(result["n_queries"]), *[f"{result[k]:.3f}" for k in keys]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fos.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset root (the folder with test/)")
+    p.add_argument("--model", required=True, help=f"teacher, student, student_vgg19 or a baseline: {', '.join(BASELINES)}")
+    p.add_argument("--weights", help="weights file (default weights/<model>.safetensors)")
+    p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")
+    p.add_argument("--box-jitter", type=float, default=0.0, help="loose-box protocol: enlarge boxes by up to this fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=1.2, help="R-FOSD aspect-ratio filter threshold")
+    p.add_argument("--categories", help="comma-separated subset of categories")
+    p.add_argument("--json", help="write the metrics here (atomically)")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        ts = load_test(a.data, a.set)
+        scorer = make_scorer(a.model, a.weights, a.seed)
+        t0 = time.time()
+        cats = a.categories.split(",") if a.categories else None
+        res = evaluate(ts, scorer, a.box_jitter, a.seed, a.threshold, cats)
+    except (DatasetError, WeightsError, InputError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.model} on {a.data} ({ts.kind}, box jitter {a.box_jitter}), {time.time() - t0:.1f}s")
+    print(format_table(res))
+    if a.json:
+        atomic_write_json(a.json, res)
+        print(f"wrote {os.path.abspath(a.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

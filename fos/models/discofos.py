@@ -1,0 +1,133 @@
+"""DiscoFOS teacher (composite discriminator) and student (two encoders + distillation head)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fos.config import ModelCfg
+from fos.models.backbones import Backbone
+from fos.models.roi_align import roi_align
+
+STRIDE = 32  # both backbones downsample by 32: a 224 input gives a 7x7 map
+
+
+def _projection(cin: int, dim: int | None) -> nn.Module:
+    if dim is None:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, dim, 1), nn.ReLU(inplace=True))
+
+
+class Teacher(nn.Module):
+    """Scores a composite crop. ``forward(x, geom) -> (feature map (B, D, 7, 7), logit (B,))``.
+
+    The feature map is the distillation target of the student.
+    """
+
+    def __init__(self, cfg: ModelCfg):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained)
+        self.proj = _projection(self.backbone.out_channels, cfg.proj_dim)
+        self.dim = cfg.proj_dim or self.backbone.out_channels
+        self.fc = nn.Linear(self.dim, 1)
+        self.geom_fc = nn.Linear(3, 1, bias=False) if cfg.geometry else None
+
+    def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None):
+        feat = self.proj(self.backbone(x))  # (B, D, 7, 7)
+        logit = self.fc(feat.mean((2, 3))).flatten()
+        if self.geom_fc is not None:
+            if geom is None:
+                raise ValueError("this teacher uses geometry features: pass geom (B, 3)")
+            logit = logit + self.geom_fc(geom).flatten()
+        return feat, logit
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, geom: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self(x, geom)[1])
+
+
+class DistillHead(nn.Module):
+    """RoI feature of the background + foreground map -> two 3x3 convs -> pooled score.
+
+    ``conv1`` sees the concatenation [bg RoI, fg map]; it is applied as two halves so that either
+    half can be computed once and reused (the concatenation never needs to exist).
+    """
+
+    def __init__(self, dim: int, geometry: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2 * dim, dim, 3, padding=1)
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.classifier = nn.Conv2d(dim, 1, 1)
+        self.geom_fc = nn.Linear(3, 1, bias=False) if geometry else None
+        self.dim = dim
+
+    def bg_part(self, roi: torch.Tensor) -> torch.Tensor:
+        """conv1 on the background half, bias included: (B, D, a, a) -> (B, D, a, a)."""
+        return F.conv2d(roi, self.conv1.weight[:, : self.dim], self.conv1.bias, padding=1)
+
+    def fg_part(self, fmap: torch.Tensor) -> torch.Tensor:
+        """conv1 on the foreground half: (N, D, a, a) -> (N, D, a, a). Cacheable per foreground."""
+        return F.conv2d(fmap, self.conv1.weight[:, self.dim:], None, padding=1)
+
+    def finish(self, bg_part: torch.Tensor, fg_part: torch.Tensor, geom: torch.Tensor | None = None):
+        """Sum of the halves -> (distillation feature (N, D, a, a), logit (N,))."""
+        h = F.relu(bg_part + fg_part)
+        feat = F.relu(self.conv2(h))
+        logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
+        if self.geom_fc is not None:
+            if geom is None:
+                raise ValueError("this head uses geometry features: pass geom (N, 3)")
+            logit = logit + self.geom_fc(geom).flatten()
+        return feat, logit
+
+    def forward(self, roi, fmap, geom=None):
+        return self.finish(self.bg_part(roi), self.fg_part(fmap), geom)
+
+
+class Student(nn.Module):
+    """Two encoders and the light distillation head.
+
+    * ``encode_background(bg (B,3,S,S), crop_box (B,4)) -> (roi (B,D,a,a), emb (B,E))``
+    * ``encode_foreground(fg (N,3,S,S)) -> (fmap (N,D,a,a), emb (N,E))``
+    * ``fuse(roi, fmap, geom) -> (feat (N,D,a,a), logit (N,))``; a single RoI broadcasts over N.
+    """
+
+    def __init__(self, cfg: ModelCfg):
+        super().__init__()
+        self.cfg = cfg
+        self.bg_encoder = Backbone(cfg.backbone, cfg.pretrained)
+        self.fg_encoder = Backbone(cfg.backbone, cfg.pretrained)
+        cin = self.bg_encoder.out_channels
+        self.dim = cfg.proj_dim or cin
+        self.bg_proj = _projection(cin, cfg.proj_dim)
+        self.fg_proj = _projection(cin, cfg.proj_dim)
+        self.head = DistillHead(self.dim, cfg.geometry)
+        e = cfg.embed_dim
+        self.bg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
+        self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
+
+    def encode_background(self, bg: torch.Tensor, crop_box: torch.Tensor):
+        fmap = self.bg_proj(self.bg_encoder(bg))  # (B, D, 7, 7)
+        idx = torch.arange(bg.shape[0], device=bg.device, dtype=fmap.dtype).view(-1, 1)
+        rois = torch.cat([idx, crop_box.to(fmap.dtype)], dim=1)
+        roi = roi_align(fmap, rois, self.cfg.align_size, 1.0 / STRIDE, self.cfg.sampling_ratio)
+        emb = F.normalize(self.bg_embed(roi.mean((2, 3))), dim=-1)
+        return roi, emb
+
+    def encode_foreground(self, fg: torch.Tensor):
+        fmap = self.fg_proj(self.fg_encoder(fg))
+        a = self.cfg.align_size
+        if fmap.shape[-2:] != (a, a):
+            fmap = F.interpolate(fmap, (a, a))
+        emb = F.normalize(self.fg_embed(fmap.mean((2, 3))), dim=-1)
+        return fmap, emb
+
+    def fuse(self, roi: torch.Tensor, fmap: torch.Tensor, geom: torch.Tensor | None = None):
+        return self.head.finish(self.head.bg_part(roi), self.head.fg_part(fmap), geom)
+
+    def forward(self, bg, crop_box, fg, geom=None):
+        """One background per foreground (B == N) or one background for all: returns sigmoid scores."""
+        roi, _ = self.encode_background(bg, crop_box)
+        fmap, _ = self.encode_foreground(fg)
+        return torch.sigmoid(self.fuse(roi, fmap, geom)[1])

@@ -1,0 +1,292 @@
+"""THE preprocessing of fos: every image that reaches a network goes through this module.
+
+Geometry follows the DiscoFOS paper and the official FOSD loaders:
+
+* boxes are XYXY in pixels of the original image, ``x2``/``y2`` exclusive; a normalized FOSD box
+  ``[x1/W, y1/H, x2/W, y2/H]`` maps to pixels with ``int(v * W)`` (FOSD's ``normbox2globalbox``);
+* the query box is filled with gray 128 in the background;
+* student background input: the whole filled background resized to ``image_size`` squared;
+* student foreground input: the cutout (object on white) padded to a square with 255, resized;
+* teacher input: the foreground resized into the box of the filled background, then a crop around
+  the box whose width and height are enlarged by sqrt(2) (``int(w * (sqrt(2) - 1) / 2)`` per side,
+  clamped to the image), resized to ``image_size`` squared;
+* normalization ``(x / 255 - mean) / std`` with mean = std = 0.5, written only in :func:`to_tensor`.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from fos.config import PreprocessCfg
+
+DEFAULT_CFG = PreprocessCfg()
+RESAMPLE = Image.BILINEAR
+MIN_BOX_SIDE = 2  # pixels; smaller boxes carry no usable shape
+
+
+class InputError(ValueError):
+    """Bad user input (image, box, category). The message says what was wrong and what to do."""
+
+
+Box = tuple[int, int, int, int]
+
+
+# --------------------------------------------------------------------------- images
+def load_image(src, mode: str = "RGB", cfg: PreprocessCfg = DEFAULT_CFG, what: str = "image") -> Image.Image:
+    """Open an image from a path, bytes, a numpy array or a PIL image, with clear errors.
+
+    Returns:
+        PIL image in ``mode`` ("RGB", "RGBA" or "L"), fully decoded.
+    """
+    if isinstance(src, Image.Image):
+        img = src
+    elif isinstance(src, np.ndarray):
+        if src.ndim not in (2, 3) or src.size == 0:
+            raise InputError(f"{what} array must be HxW or HxWxC, got shape {src.shape}")
+        arr = src if src.dtype == np.uint8 else np.clip(src, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+    else:
+        name = "<bytes>" if isinstance(src, (bytes, bytearray)) else os.fspath(src)
+        if not isinstance(src, (bytes, bytearray)) and not os.path.isfile(name):
+            raise InputError(f"{what} {name!r} does not exist or is not a file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else name)
+                w, h = img.size
+                if w * h > cfg.max_pixels:
+                    raise InputError(
+                        f"{what} {name!r} is {w}x{h} = {w * h / 1e6:.0f} MP, over the limit of "
+                        f"{cfg.max_pixels / 1e6:.0f} MP; downscale it first"
+                    )
+                img.load()
+        except InputError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise InputError(f"{what} {name!r} could not be read as an image ({e}); use a PNG or JPEG file") from e
+    w, h = img.size
+    if w * h > cfg.max_pixels:
+        raise InputError(f"{what} is {w}x{h}, over the limit of {cfg.max_pixels / 1e6:.0f} MP; downscale it first")
+    if w < 1 or h < 1:
+        raise InputError(f"{what} is empty ({w}x{h})")
+    if mode == "RGB" and img.mode in ("RGBA", "LA", "P"):
+        # flatten transparency onto white, as FOSD cutouts are objects on white
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert(mode) if img.mode != mode else img
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+# --------------------------------------------------------------------------- boxes
+def norm_to_pixel_box(norm_box: Sequence[float], width: int, height: int) -> Box:
+    """FOSD normalized box -> pixel box, exactly as FOSD's ``normbox2globalbox``."""
+    x1, y1, x2, y2 = norm_box
+    return (max(int(x1 * width), 0), max(int(y1 * height), 0),
+            min(int(x2 * width), width), min(int(y2 * height), height))
+
+
+def validate_box(box, width: int, height: int) -> Box:
+    """Check a pixel box XYXY against a ``width`` x ``height`` image; return it as ints."""
+    if box is None:
+        raise InputError("no box given: draw a box on the background or type x1,y1,x2,y2 in pixels")
+    try:
+        vals = [float(v) for v in box]
+    except (TypeError, ValueError) as e:
+        raise InputError(f"box must be four numbers x1,y1,x2,y2 in pixels, got {box!r}") from e
+    if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
+        raise InputError(f"box must be four finite numbers x1,y1,x2,y2 in pixels, got {box!r}")
+    x1, y1, x2, y2 = (int(round(v)) for v in vals)
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise InputError(
+            f"box must be XYXY inside the {width}x{height} image, got ({x1}, {y1}, {x2}, {y2}); "
+            "keep 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height"
+        )
+    if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
+        raise InputError(
+            f"box ({x1}, {y1}, {x2}, {y2}) is empty or too small: it needs x2 > x1 and y2 > y1 and "
+            f"sides of at least {MIN_BOX_SIDE} px"
+        )
+    return x1, y1, x2, y2
+
+
+def enlarged_box(box: Box, width: int, height: int, scale: float = DEFAULT_CFG.crop_scale) -> Box:
+    """The crop around the box: width and height grown by ``scale`` (FOSD rule), clamped to the image."""
+    x1, y1, x2, y2 = box
+    add_w = int((x2 - x1) * (scale - 1) / 2)
+    add_h = int((y2 - y1) * (scale - 1) / 2)
+    return max(0, x1 - add_w), max(0, y1 - add_h), min(width, x2 + add_w), min(height, y2 + add_h)
+
+
+def jitter_box(box: Box, width: int, height: int, max_pad: float, rng) -> Box:
+    """Enlarge a box by a random 5%..``max_pad`` of its width and height (FOSD's box jitter).
+
+    Only enlarges, so a box that was filled with gray in a stored background stays covered.
+    """
+    if max_pad <= 0:
+        return box
+    x1, y1, x2, y2 = box
+    pad_w = rng.uniform(0.05, max_pad) * (x2 - x1) if max_pad > 0.05 else max_pad * (x2 - x1)
+    pad_h = rng.uniform(0.05, max_pad) * (y2 - y1) if max_pad > 0.05 else max_pad * (y2 - y1)
+    return (max(0, int(x1 - pad_w / 2)), max(0, int(y1 - pad_h / 2)),
+            min(width, int(math.ceil(x2 + pad_w / 2))), min(height, int(math.ceil(y2 + pad_h / 2))))
+
+
+def scale_box(box: Box, width: int, height: int, size: int) -> list[float]:
+    """Pixel box of a ``width`` x ``height`` image -> box in the ``size`` x ``size`` network input."""
+    x1, y1, x2, y2 = box
+    return [float(int(x1 / width * size)), float(int(y1 / height * size)),
+            float(int(x2 / width * size)), float(int(y2 / height * size))]
+
+
+def aspect_ratio(w: float, h: float) -> float:
+    return float(w) / float(max(h, 1e-6))
+
+
+def geometry_features(box: Box, fg_size: tuple[int, int]) -> np.ndarray:
+    """[log box aspect, log foreground aspect, |difference|] as float32 (3,)."""
+    x1, y1, x2, y2 = box
+    lb = math.log(aspect_ratio(x2 - x1, y2 - y1))
+    lf = math.log(aspect_ratio(*fg_size))
+    return np.array([lb, lf, abs(lb - lf)], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- tensors
+def to_tensor(img: Image.Image | np.ndarray, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
+    """RGB uint8 HxWx3 -> float32 3xHxW normalized with ``cfg.mean`` / ``cfg.std``."""
+    arr = np.asarray(img, dtype=np.float32)
+    t = torch.from_numpy(arr.copy()).permute(2, 0, 1) / 255.0
+    return (t - cfg.mean) / cfg.std
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    return img.resize((size, size), RESAMPLE)
+
+
+def fill_box(img: Image.Image, box: Box, value: int) -> Image.Image:
+    arr = np.array(img, dtype=np.uint8)
+    x1, y1, x2, y2 = box
+    arr[y1:y2, x1:x2] = value
+    return Image.fromarray(arr)
+
+
+def pad_to_square(img: Image.Image, value: int = 255) -> Image.Image:
+    """Center the image on a square canvas of ``value`` (FOSD's ``padding_to_square``)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), (value, value, value))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+@dataclass
+class PreparedBackground:
+    """A background with its query box, ready for every model."""
+
+    filled: Image.Image  # original size, box filled gray
+    box: Box  # pixels of the original image
+    crop_box: Box  # enlarged box, pixels of the original image
+    tensor: torch.Tensor  # 3xSxS student background input
+    crop_box_net: torch.Tensor  # (4,) crop box in network-input pixels, for RoIAlign
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.filled.size
+
+
+def prepare_background(bg, box, cfg: PreprocessCfg = DEFAULT_CFG) -> PreparedBackground:
+    """Background image + pixel box -> :class:`PreparedBackground`. Validates the box."""
+    img = load_image(bg, "RGB", cfg, what="background")
+    w, h = img.size
+    box = validate_box(box, w, h)
+    filled = fill_box(img, box, cfg.fill_value)
+    crop = enlarged_box(box, w, h, cfg.crop_scale)
+    tensor = to_tensor(resize_square(filled, cfg.image_size), cfg)
+    crop_net = torch.tensor(scale_box(crop, w, h, cfg.image_size), dtype=torch.float32)
+    return PreparedBackground(filled, box, crop, tensor, crop_net)
+
+
+def foreground_input(fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
+    """Cutout (object on white) -> 3xSxS student foreground input."""
+    img = load_image(fg, "RGB", cfg, what="foreground")
+    return to_tensor(resize_square(pad_to_square(img, cfg.pad_value), cfg.image_size), cfg)
+
+
+def composite_crop(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """The teacher's view: foreground resized into the box, crop around the box, resized (RGB SxS)."""
+    img = load_image(fg, "RGB", cfg, what="foreground")
+    x1, y1, x2, y2 = bg.box
+    comp = bg.filled.copy()
+    comp.paste(img.resize((x2 - x1, y2 - y1), RESAMPLE), (x1, y1))
+    return resize_square(comp.crop(bg.crop_box), cfg.image_size)
+
+
+def teacher_input(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
+    """3xSxS teacher input for one (background, foreground) pair."""
+    return to_tensor(composite_crop(bg, fg, cfg), cfg)
+
+
+def context_crop(bg: PreparedBackground, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """The crop around the box of the filled background (no foreground), RGB SxS."""
+    return resize_square(bg.filled.crop(bg.crop_box), cfg.image_size)
+
+
+# --------------------------------------------------------------------------- display composites
+def foreground_mask(fg: Image.Image, mask=None, white_threshold: int = 235) -> np.ndarray:
+    """Object mask (HxW bool) of a cutout: its alpha, a given mask, or its non-white pixels."""
+    if mask is not None:
+        m = np.asarray(load_image(mask, "L", what="mask").resize(fg.size, Image.NEAREST)) > 127
+    elif fg.mode in ("RGBA", "LA"):
+        m = np.asarray(fg.getchannel("A")) > 127
+    else:
+        rgb = np.asarray(fg.convert("RGB"))
+        m = rgb.min(axis=2) < white_threshold
+    return m
+
+
+def paste_foreground(background, box, fg, mask=None, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """Mask-aware composite for people to look at.
+
+    The cutout keeps its aspect ratio: it is scaled to fit inside the box, centred horizontally and
+    standing on the box's bottom edge, and only its object pixels (alpha, ``mask`` or non-white) are
+    pasted.
+
+    Args:
+        background: the background image (any size).
+        box: XYXY pixels of the background.
+        fg: cutout, RGBA or object on white.
+        mask: optional object mask of the cutout.
+    Returns:
+        RGB image of the background's size.
+    """
+    bg = load_image(background, "RGB", cfg, what="background").copy()
+    w, h = bg.size
+    x1, y1, x2, y2 = validate_box(box, w, h)
+    fg_img = fg if isinstance(fg, Image.Image) else load_image(fg, "RGBA", cfg, what="foreground")
+    m = foreground_mask(fg_img, mask)
+    if not m.any():
+        raise InputError("the foreground has no object pixels (it is all white or fully transparent)")
+    ys, xs = np.nonzero(m)
+    crop = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    obj = fg_img.convert("RGB").crop(crop)
+    obj_mask = Image.fromarray((m[crop[1]:crop[3], crop[0]:crop[2]] * 255).astype(np.uint8))
+    bw, bh = x2 - x1, y2 - y1
+    s = min(bw / obj.width, bh / obj.height)
+    nw, nh = max(1, round(obj.width * s)), max(1, round(obj.height * s))
+    obj = obj.resize((nw, nh), RESAMPLE)
+    obj_mask = obj_mask.resize((nw, nh), RESAMPLE)
+    bg.paste(obj, (x1 + (bw - nw) // 2, y2 - nh), obj_mask)
+    return bg

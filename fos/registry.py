@@ -1,0 +1,68 @@
+"""One registry for every model variant. Entrypoints only set hyper-parameters."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import replace
+from typing import Callable
+
+from fos.config import ModelCfg
+
+_REGISTRY: dict[str, Callable[[], ModelCfg]] = {}
+
+
+def register_model(fn: Callable[[], ModelCfg]) -> Callable[[], ModelCfg]:
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+@register_model
+def teacher() -> ModelCfg:
+    """MobileNetV2 composite discriminator with a 128-channel distillation target (default)."""
+    return ModelCfg(kind="teacher", backbone="mobilenet_v2", proj_dim=128, embed_dim=None, geometry=True)
+
+
+@register_model
+def student() -> ModelCfg:
+    """MobileNetV2 encoders, 128-channel head (default)."""
+    return ModelCfg(kind="student", backbone="mobilenet_v2", proj_dim=128, embed_dim=128, geometry=True)
+
+
+@register_model
+def teacher_vgg19() -> ModelCfg:
+    """The paper's teacher: VGG19, 512-channel map, no projection."""
+    return ModelCfg(kind="teacher", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1)
+
+
+@register_model
+def student_vgg19() -> ModelCfg:
+    """The paper's student (official DiscoFOS checkpoint layout): VGG19, RoIConcat head on 512 channels."""
+    return ModelCfg(kind="student", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_cfg(name: str, **overrides) -> ModelCfg:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(_REGISTRY[name](), **overrides)
+
+
+def build_from_cfg(cfg: ModelCfg | dict):
+    from fos.models.discofos import Student, Teacher
+
+    cfg = ModelCfg.from_dict(cfg)
+    if cfg.kind == "teacher":
+        return Teacher(cfg)
+    if cfg.kind == "student":
+        return Student(cfg)
+    raise ValueError(f"unknown model kind {cfg.kind!r}; use teacher or student")
+
+
+def build_model(name: str, **overrides):
+    """Build a registered model; ``overrides`` replace fields of its :class:`ModelCfg`."""
+    model = build_from_cfg(model_cfg(name, **overrides))
+    model.model_name = name
+    return model

@@ -1,0 +1,279 @@
+"""Training: ``python -m fos.train teacher ...`` and ``python -m fos.train student ...``.
+
+Seeded, resumable (``<out>/last.pt`` every ``--ckpt-every`` steps and at each epoch end; a rerun with
+the same ``--out`` continues where it stopped), with a progress bar and ``<out>/log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageFilter
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from fos.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
+from fos.config import PreprocessCfg, TrainCfg
+from fos.data import DatasetError, TrainRecord, load_train
+from fos.preprocess import (
+    InputError, composite_crop, foreground_input, geometry_features, jitter_box, load_image,
+    norm_to_pixel_box, prepare_background, to_tensor,
+)
+from fos.registry import build_model
+
+log = logging.getLogger("fos.train")
+
+
+# --------------------------------------------------------------------------- data
+class PairDataset(Dataset):
+    """One item per training background: its inputs with 1 positive and ``num_neg`` negatives.
+
+    Positives: the background's own foreground and its ``similars``. Negatives: ``dissimilars`` and
+    the other foregrounds of the same class. Randomness is seeded by (seed, epoch, index), so a resumed
+    run sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, records: list[TrainRecord], cfg: TrainCfg, pcfg: PreprocessCfg, student_inputs: bool):
+        self.records, self.cfg, self.pcfg, self.student_inputs = records, cfg, pcfg, student_inputs
+        self.by_name = {r.name: r for r in records}
+        by_cat: dict[str, list[str]] = {}
+        for r in records:
+            by_cat.setdefault(r.category, []).append(r.name)
+        self.neg_pool = []
+        for r in records:
+            excluded = {r.name, *r.similars}
+            pool = sorted({*r.dissimilars, *by_cat[r.category]} - excluded)
+            self.neg_pool.append([n for n in pool if n in self.by_name])
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.records)
+
+    def _augment(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        """Colour jitter or Gaussian blur (the paper's R-FOSD positive augmentation)."""
+        if rng.random() < 0.5:
+            for enh in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+                img = enh(img).enhance(rng.uniform(0.7, 1.3))
+            return img
+        return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+
+    def __getitem__(self, i: int):
+        rng = random.Random((self.cfg.seed * 1_000_003 + self.epoch) * 1_000_003 + i)
+        r = self.records[i]
+        bg = load_image(r.bg_path, what="background")
+        w, h = bg.size
+        box = jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, self.cfg.box_jitter, rng)
+        prep = prepare_background(bg, box, self.pcfg)
+        pos_name = rng.choice([r.name, *r.similars])
+        pool = self.neg_pool[i]
+        negs = [pool[j % len(pool)] for j in rng.sample(range(max(len(pool), self.cfg.num_neg)), self.cfg.num_neg)] if pool else []
+        if len(negs) < self.cfg.num_neg:
+            raise DatasetError(f"training background {r.name!r} has no negatives (no dissimilars, no other foreground of {r.category!r})")
+        fgs, comps, geoms = [], [], []
+        for j, name in enumerate([pos_name, *negs]):
+            fg = load_image(self.by_name[name].fg_path, what="foreground")
+            if j == 0 and rng.random() < self.cfg.aug_prob:
+                fg = self._augment(fg, rng)
+            comps.append(to_tensor(composite_crop(prep, fg, self.pcfg), self.pcfg))
+            geoms.append(torch.from_numpy(geometry_features(prep.box, fg.size)))
+            if self.student_inputs:
+                fgs.append(foreground_input(fg, self.pcfg))
+        item = {"comp": torch.stack(comps), "geom": torch.stack(geoms),
+                "label": torch.tensor([1.0] + [0.0] * len(negs))}
+        if self.student_inputs:
+            item.update(bg=prep.tensor, crop_box=prep.crop_box_net, fg=torch.stack(fgs))
+        return item
+
+
+class ResumableSampler(Sampler):
+    """A seeded permutation per epoch that can start part-way through."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def order(self) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.start:])
+
+    def __len__(self):
+        return self.n - self.start
+
+
+# --------------------------------------------------------------------------- losses
+def triplet_loss(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Tensor:
+    """Cosine triplet loss with a background anchor. anchor (B, E), pos (B, E), neg (B, M, E)."""
+    d_ap = 1 - F.cosine_similarity(anchor, pos, dim=-1)  # (B,)
+    d_an = 1 - F.cosine_similarity(anchor.unsqueeze(1), neg, dim=-1)  # (B, M)
+    return F.relu(d_ap.unsqueeze(1) - d_an + margin).mean()
+
+
+def bce(logit: torch.Tensor, label: torch.Tensor, num_neg: int) -> torch.Tensor:
+    """BCE with positives weighted by the number of negatives per positive (balanced classes)."""
+    return F.binary_cross_entropy_with_logits(logit, label, pos_weight=torch.tensor(float(max(num_neg, 1))))
+
+
+# --------------------------------------------------------------------------- loop
+def _freeze_bn(module: torch.nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
+def _prepare(kind: str, cfg: TrainCfg):
+    model = build_model(kind)
+    if kind == "teacher":
+        model.backbone.freeze_all_but(cfg.trainable_blocks)
+        return model, None
+    model.bg_encoder.freeze_all_but(cfg.trainable_blocks)
+    model.fg_encoder.freeze_all_but(cfg.trainable_blocks)
+    teacher = load_checkpoint(cfg.teacher)
+    if teacher.cfg.kind != "teacher":
+        raise ValueError(f"--teacher {cfg.teacher} is a {teacher.cfg.kind}, not a teacher")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if teacher.dim != model.dim:
+        raise ValueError(f"teacher feature width {teacher.dim} != student head width {model.dim}")
+    return model, teacher
+
+
+def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.Tensor]:
+    comp, geom, label = batch["comp"], batch["geom"], batch["label"]
+    b, k = label.shape
+    flat = lambda t: t.reshape(b * k, *t.shape[2:])  # noqa: E731
+    if kind == "teacher":
+        _, logit = model(flat(comp), flat(geom))
+        loss = bce(logit, flat(label), cfg.num_neg)
+        return {"loss": loss, "bce": loss}
+    roi, bg_emb = model.encode_background(batch["bg"], batch["crop_box"])  # (B, D, a, a), (B, E)
+    fmap, fg_emb = model.encode_foreground(flat(batch["fg"]))  # (B*K, D, a, a), (B*K, E)
+    feat, logit = model.fuse(roi.repeat_interleave(k, 0), fmap, flat(geom))
+    with torch.no_grad():
+        target, _ = teacher(flat(comp), flat(geom))
+    fg_emb = fg_emb.view(b, k, -1)
+    parts = {
+        "triplet": triplet_loss(bg_emb, fg_emb[:, 0], fg_emb[:, 1:], cfg.triplet_margin),
+        "distill": F.l1_loss(feat, target),
+        "bce": bce(logit, flat(label), cfg.num_neg),
+    }
+    parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
+    return parts
+
+
+def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str = "") -> str:
+    """Train ``kind`` ("teacher" or "student"); returns the path of the saved safetensors."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pcfg = PreprocessCfg()
+    records = load_train(cfg.data, cfg.labels)
+    if cfg.limit:
+        records = records[: cfg.limit]
+    model, teacher = _prepare(kind, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ds = PairDataset(records, cfg, pcfg, student_inputs=(kind == "student"))
+    sampler = ResumableSampler(len(ds), cfg.seed)
+    steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out, "last.pt")
+    step, epoch, elapsed = 0, 0, 0.0
+    if os.path.exists(ckpt_path) and not restart:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["cfg"] != asdict(cfg) or state["kind"] != kind:
+            raise SystemExit(f"{ckpt_path} was made with other settings; pass --restart to start over, or use another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, elapsed = state["step"], state["elapsed"]
+        log.info("resumed from %s at step %d/%d", ckpt_path, step, total)
+    log_path = os.path.join(cfg.out, "log.jsonl")
+
+    def checkpoint():
+        atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                           "step": step, "elapsed": elapsed, "cfg": asdict(cfg), "kind": kind}, ckpt_path)
+
+    bar = tqdm(total=total, initial=step, desc=f"train {kind}", unit="step", dynamic_ncols=True)
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        ds.epoch = sampler.epoch = epoch
+        sampler.start = in_epoch * cfg.batch_size
+        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)
+        model.train()
+        _freeze_bn(model)
+        t0 = time.time()
+        for batch in loader:
+            parts = step_losses(kind, model, teacher, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            opt.step()
+            sched.step()
+            step += 1
+            now = time.time()
+            elapsed += now - t0
+            t0 = now
+            vals = {k: round(float(v.detach()), 5) for k, v in parts.items()}
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0], **vals}) + "\n")
+            bar.set_postfix(vals)
+            bar.update(1)
+            if step % cfg.ckpt_every == 0 or step % steps_per_epoch == 0 or step >= total:
+                checkpoint()
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    save_checkpoint(model, save, pcfg, model_name=kind, train_cfg=asdict(cfg), train_seconds=round(elapsed, 1),
+                    steps=step, command=command, torch_threads=torch.get_num_threads())
+    log.info("saved %s (and %s) after %d steps, %.1f min of training; checkpoints and log.jsonl in %s",
+             save, os.path.splitext(save)[0] + ".json", step, elapsed / 60, cfg.out)
+    return save
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fos.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=["teacher", "student"])
+    d = TrainCfg()
+    for f, v in asdict(d).items():
+        if f == "out":
+            continue
+        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    p.add_argument("--out", default=None, help="run folder for checkpoints and logs (default runs/<kind>)")
+    p.add_argument("--save", default=None, help="final safetensors path (default weights/<kind>.safetensors)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    vals = {f: getattr(a, f) for f in asdict(d) if f != "out"}
+    cfg = TrainCfg(out=a.out or f"runs/{a.kind}", **vals)
+    save = a.save or f"weights/{a.kind}.safetensors"
+    try:
+        fit(a.kind, cfg, save, a.restart, command="python -m fos.train " + " ".join(argv if argv is not None else sys.argv[1:]))
+    except (DatasetError, InputError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; rerun the same command to resume from {cfg.out}/last.pt", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from fos.checkpoint import (
+    WeightsError, convert_official_student, load_checkpoint, load_official_student, load_state_dict_checked,
+    read_state_dict, save_checkpoint,
+)
+from fos.cost import pair_costs
+from fos.models.backbones import VGG19_CFG, load_imagenet_mobilenet_v2
+from fos.registry import build_model, list_models
+
+
+def test_registry_lists_and_rejects_unknown():
+    assert {"teacher", "student", "teacher_vgg19", "student_vgg19"} <= set(list_models())
+    with pytest.raises(ValueError, match="registered models: .*student"):
+        build_model("resnet_9000")
+
+
+def test_imagenet_mobilenet_loads_strictly_and_classifies():
+    m = load_imagenet_mobilenet_v2().eval()
+    with torch.no_grad():
+        out = m(torch.zeros(1, 3, 224, 224))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_teacher_and_student_shapes():
+    t = build_model("teacher", pretrained=False).eval()
+    s = build_model("student", pretrained=False).eval()
+    x = torch.randn(3, 3, 224, 224)
+    g = torch.randn(3, 3)
+    feat, logit = t(x, g)
+    assert feat.shape == (3, 128, 7, 7) and logit.shape == (3,)
+    roi, bemb = s.encode_background(x[:1], torch.tensor([[10.0, 20.0, 150.0, 200.0]]))
+    fmap, femb = s.encode_foreground(x)
+    assert roi.shape == (1, 128, 7, 7) and fmap.shape == (3, 128, 7, 7)
+    assert torch.allclose(bemb.norm(dim=-1), torch.ones(1)) and femb.shape == (3, 128)
+    dfeat, dlogit = s.fuse(roi, fmap, g)  # one RoI broadcasts over 3 candidates
+    assert dfeat.shape == feat.shape and dlogit.shape == (3,)
+    # the split conv equals the convolution of the concatenation
+    ref = torch.nn.functional.conv2d(torch.cat([roi.expand(3, -1, -1, -1), fmap], 1), s.head.conv1.weight,
+                                     s.head.conv1.bias, padding=1)
+    assert torch.allclose(s.head.bg_part(roi) + s.head.fg_part(fmap), ref, atol=1e-5)
+
+
+def test_head_is_under_a_tenth_of_a_teacher_forward():
+    c = pair_costs()
+    assert c["head_from_maps_over_teacher"] < 0.1
+    assert c["student_head_macs_per_candidate_from_fg_maps"] == pytest.approx(
+        3 * 128 * 128 * 9 * 49, rel=0.01)  # conv1 (2 halves) + conv2 dominate
+
+
+def test_checkpoint_round_trip(tmp_path):
+    s = build_model("student", pretrained=False).eval()
+    path = str(tmp_path / "s.safetensors")
+    save_checkpoint(s, path, command="test")
+    s2 = load_checkpoint(path)
+    assert s2.model_name == "student" and s2.checkpoint_info["command"] == "test"
+    x = torch.randn(2, 3, 224, 224)
+    box = torch.tensor([[0.0, 0.0, 100.0, 120.0], [20.0, 30.0, 224.0, 224.0]])
+    with torch.no_grad():
+        assert torch.equal(s(x, box, x, torch.zeros(2, 3)), s2(x, box, x, torch.zeros(2, 3)))
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    t = build_model("teacher", pretrained=False)
+    path = str(tmp_path / "t.safetensors")
+    save_checkpoint(t, path)
+    s = build_model("student", pretrained=False)
+    with pytest.raises(WeightsError, match=r"do not fit model 'student': \d+ missing .*unexpected"):
+        load_state_dict_checked(s, read_state_dict(path), source=path)
+    with pytest.raises(WeightsError, match="holds a teacher, not a student"):
+        load_checkpoint(path, model_name="student")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(WeightsError, match="could not be read as weights"):
+        load_checkpoint(str(tmp_path / "junk.safetensors"), model_name="student")
+    with pytest.raises(WeightsError, match="not found"):
+        load_checkpoint(str(tmp_path / "none.safetensors"), model_name="student")
+
+
+def official_student_state_dict(aux: bool = True) -> dict[str, torch.Tensor]:
+    """Key names and shapes of the official DiscoFOS StudentModel (VGG19, roiconcat), random values."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    idx, cin = 0, 3
+    convs = []
+    for v in VGG19_CFG:
+        if v == "M":
+            idx += 1
+        else:
+            convs.append((idx, cin, v))
+            cin = v
+            idx += 2
+    for enc in ("bg_encoder", "fg_encoder"):
+        for i, ci, co in convs:
+            part = 0 if i < 23 else (1 if i < 30 else 2)
+            sd[f"{enc}.{part}.0.{i}.weight"] = torch.randn(co, ci, 3, 3, generator=g) * 0.01
+            sd[f"{enc}.{part}.0.{i}.bias"] = torch.randn(co, generator=g) * 0.01
+    sd["distill_module.convs.0.weight"] = torch.randn(512, 1024, 3, 3, generator=g) * 0.01
+    sd["distill_module.convs.0.bias"] = torch.zeros(512)
+    sd["distill_module.convs.2.weight"] = torch.randn(512, 512, 3, 3, generator=g) * 0.01
+    sd["distill_module.convs.2.bias"] = torch.zeros(512)
+    sd["distill_module.classifier.1.weight"] = torch.randn(1, 512, 1, 1, generator=g)
+    sd["distill_module.classifier.1.bias"] = torch.zeros(1)
+    if aux:
+        sd["auxiliary_classifier.0.weight"] = torch.randn(512, 1024, generator=g)
+        sd["auxiliary_classifier.0.bias"] = torch.zeros(512)
+        sd["auxiliary_classifier.2.weight"] = torch.randn(1, 512, generator=g)
+    return sd
+
+
+def test_official_student_layout_loads_into_vgg19(tmp_path):
+    sd = official_student_state_dict()
+    assert sum(k.startswith("bg_encoder.") for k in sd) == 32  # 16 convs x (weight, bias)
+    conv, dropped = convert_official_student(sd)
+    assert len(dropped) == 3
+    path = str(tmp_path / "sfosd.pth")
+    torch.save({"module." + k: v for k, v in sd.items()}, path)  # DataParallel prefix is stripped
+    m = load_official_student(path)
+    assert torch.equal(m.bg_encoder.features[28].weight, sd["bg_encoder.1.0.28.weight"])
+    assert torch.equal(m.fg_encoder.features[34].bias, sd["fg_encoder.2.0.34.bias"])
+    assert torch.equal(m.head.conv1.weight, sd["distill_module.convs.0.weight"])
+    with torch.no_grad():
+        x = torch.randn(2, 3, 224, 224)
+        out = m(x, torch.tensor([[0.0, 0.0, 224.0, 224.0]] * 2), x)
+    assert out.shape == (2,) and ((out > 0) & (out < 1)).all()
+    bad = dict(sd)
+    bad["distill_module.convs.2.weight"] = torch.zeros(256, 512, 3, 3)
+    with pytest.raises(WeightsError, match=r"head.conv2.weight: file \(256, 512, 3, 3\)"):
+        load_official_student(bad)
+    with pytest.raises(WeightsError, match="unexpected key 'mystery.weight'"):
+        load_official_student({**sd, "mystery.weight": torch.zeros(1)})

@@ -1,0 +1,124 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fos.config import PreprocessCfg
+from fos.data import load_sfosd_test
+from fos.preprocess import (
+    InputError, composite_crop, enlarged_box, foreground_input, geometry_features, load_image,
+    norm_to_pixel_box, paste_foreground, prepare_background, to_tensor, validate_box,
+)
+
+GRAY = (128 / 255 - 0.5) / 0.5
+
+
+def solid(w, h, rgb):
+    return Image.new("RGB", (w, h), rgb)
+
+
+def test_norm_box_matches_fosd_int_rule_and_fg_size(data_root):
+    assert norm_to_pixel_box([0.05, 0.3615, 0.365625, 0.69014], 320, 213) == (16, 76, 117, 146)  # int(76.99) = 76
+    ts = load_sfosd_test(data_root)
+    q = ts.categories["cow"].queries[0]
+    bg = Image.open(q.bg_path)
+    x1, y1, x2, y2 = norm_to_pixel_box(q.bbox, *bg.size)
+    fg = Image.open(ts.categories["cow"].fg_paths[ts.categories["cow"].fg_names.index(q.name)])
+    assert fg.size == (x2 - x1, y2 - y1)  # the pack crops each foreground to its box
+
+
+def test_enlarged_box_hand_computed():
+    # w = h = 100 -> each side grows by int(100 * (sqrt2 - 1) / 2) = 20
+    assert enlarged_box((100, 50, 200, 150), 320, 240) == (80, 30, 220, 170)
+    # clamped at the image border
+    assert enlarged_box((0, 0, 50, 40), 320, 240) == (0, 0, 60, 48)
+    x1, y1, x2, y2 = enlarged_box((100, 100, 200, 200), 1000, 1000)
+    assert (x2 - x1) * (y2 - y1) == pytest.approx(2 * 100 * 100, rel=0.02)  # about twice the area
+
+
+def test_background_input_fills_box_gray():
+    prep = prepare_background(solid(320, 240, (255, 0, 0)), (160, 0, 320, 240))
+    assert prep.tensor.shape == (3, 224, 224)
+    assert torch.allclose(prep.tensor[:, 100, 200], torch.full((3,), GRAY), atol=1e-6)
+    assert torch.allclose(prep.tensor[:, 100, 20], torch.tensor([1.0, -1.0, -1.0]))
+    # crop box: add_w = int(160*0.2071) = 33, add_h = int(240*0.2071) = 49 (clamped) -> (127, 0, 320, 240)
+    assert prep.crop_box == (127, 0, 320, 240)
+    assert prep.crop_box_net.tolist() == [float(int(127 / 320 * 224)), 0.0, 224.0, 224.0]
+
+
+def test_teacher_composite_geometry():
+    bg = solid(400, 400, (255, 0, 0))
+    prep = prepare_background(bg, (100, 100, 200, 300))  # box 100x200 -> crop (80, 59, 220, 341)
+    assert prep.crop_box == (80, 59, 220, 341)
+    comp = np.asarray(composite_crop(prep, solid(30, 30, (0, 0, 255))))
+    assert comp.shape == (224, 224, 3)
+    blue = (comp[..., 2] > 200) & (comp[..., 0] < 50)
+    # the foreground fills the box: 100*200 of 140*282 crop pixels
+    assert blue.mean() == pytest.approx(100 * 200 / (140 * 282), abs=0.02)
+    assert blue[112, 112] and not blue[2, 2] and comp[2, 2, 0] > 200
+
+
+def test_foreground_padded_square_white():
+    x = foreground_input(solid(100, 50, (0, 0, 0)))
+    assert x.shape == (3, 224, 224)
+    assert torch.allclose(x[:, 5, 112], torch.ones(3))  # top padding is white
+    assert torch.allclose(x[:, 112, 112], -torch.ones(3))  # object is black
+
+
+def test_to_tensor_normalization():
+    t = to_tensor(np.array([[[0, 128, 255]]], dtype=np.uint8), PreprocessCfg())
+    assert torch.allclose(t.flatten(), torch.tensor([-1.0, 128 / 255 * 2 - 1, 1.0]), atol=1e-6)
+
+
+def test_geometry_features():
+    g = geometry_features((0, 0, 200, 100), (50, 100))
+    assert g == pytest.approx([math.log(2), math.log(0.5), math.log(4)])
+
+
+@pytest.mark.parametrize("box,msg", [
+    (None, "no box given"),
+    ((10, 10, 400, 50), "inside the 320x240 image"),
+    ((-1, 0, 10, 10), "inside the 320x240 image"),
+    ((50, 50, 50, 90), "empty or too small"),
+    ((float("nan"), 0, 10, 10), "finite"),
+    ("abc", "four numbers"),
+])
+def test_bad_boxes(box, msg):
+    with pytest.raises(InputError, match=msg):
+        validate_box(box, 320, 240)
+
+
+def test_bad_images(tmp_path):
+    p = tmp_path / "x.jpg"
+    p.write_text("this is not an image")
+    with pytest.raises(InputError, match="could not be read as an image"):
+        load_image(str(p))
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(str(tmp_path / "missing.png"))
+    big = tmp_path / "big.png"
+    solid(300, 300, (0, 0, 0)).save(big)
+    with pytest.raises(InputError, match="over the limit"):
+        load_image(str(big), cfg=PreprocessCfg(max_pixels=10_000))
+    assert load_image(big.read_bytes()).size == (300, 300)
+
+
+def test_transparent_png_is_flattened_on_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(load_image(rgba)).min() == 255
+
+
+def test_mask_aware_paste_keeps_aspect_and_skips_white():
+    bg = solid(200, 200, (0, 255, 0))
+    fg = solid(100, 50, (255, 255, 255))
+    fg.paste(solid(80, 50, (0, 0, 255)), (10, 0))  # object 80x50 with white margins
+    out = np.asarray(paste_foreground(bg, (50, 50, 150, 150), fg))
+    blue = (out[..., 2] > 200) & (out[..., 1] < 50)
+    ys, xs = np.nonzero(blue)
+    # object scaled by min(100/80, 100/50) = 1.25 -> 100x62, standing on the box bottom
+    assert xs.min() == 50 and xs.max() == 149
+    assert ys.max() == 149 and 149 - ys.min() + 1 == pytest.approx(62, abs=1)
+    assert out[60, 100, 1] == 255  # above the object the background stays
+    with pytest.raises(InputError, match="no object pixels"):
+        paste_foreground(bg, (50, 50, 150, 150), solid(10, 10, (255, 255, 255)))
