@@ -134,6 +134,8 @@ def load_checkpoint(path: str, model_name: str | None = None):
     """Rebuild the model from ``path`` and its JSON config (or from ``model_name``) and load the weights."""
     from fos.registry import build_from_cfg, build_model
 
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file {path} not found")
     if model_name is None or os.path.isfile(sidecar(path)):
         info = read_config(path)
         cfg = ModelCfg.from_dict({**info["model_cfg"], "pretrained": False})

@@ -60,7 +60,8 @@ class TrainCfg:
     epochs: int = 6
     batch_size: int = 8  # backgrounds per step
     num_neg: int = 3  # negatives per background
-    lr: float = 3e-4
+    lr: float = 3e-4  # backbone stages
+    head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster
     weight_decay: float = 1e-4
     trainable_blocks: int = 6  # train only the last N backbone stages (rest frozen, faster on CPU)
     box_jitter: float = 0.5  # enlarge the box by up to this fraction per side (R-FOSD box jitter)

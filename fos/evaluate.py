@@ -85,7 +85,9 @@ def make_scorer(name: str, weights: str | None = None, seed: int = 0) -> Scorer:
     if name == "student_vgg19" and not path.endswith(".safetensors"):
         model = load_official_student(path)
     else:
-        model = load_checkpoint(path)
+        from fos.registry import list_models
+
+        model = load_checkpoint(path, model_name=name if name in list_models() else None)
     scorer = TeacherScorer(model) if model.cfg.kind == "teacher" else StudentScorer(model)
     scorer.name = name
     return scorer

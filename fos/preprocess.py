@@ -249,9 +249,9 @@ def foreground_mask(fg: Image.Image, mask=None, white_threshold: int = 235) -> n
     """Object mask (HxW bool) of a cutout: its alpha, a given mask, or its non-white pixels."""
     if mask is not None:
         m = np.asarray(load_image(mask, "L", what="mask").resize(fg.size, Image.NEAREST)) > 127
-    elif fg.mode in ("RGBA", "LA"):
-        m = np.asarray(fg.getchannel("A")) > 127
-    else:
+    elif fg.mode in ("RGBA", "LA") and np.asarray(fg.getchannel("A")).min() < 255:
+        m = np.asarray(fg.getchannel("A")) > 127  # real transparency
+    else:  # object on white (an opaque alpha carries no shape)
         rgb = np.asarray(fg.convert("RGB"))
         m = rgb.min(axis=2) < white_threshold
     return m

@@ -183,8 +183,13 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     if cfg.limit:
         records = records[: cfg.limit]
     model, teacher = _prepare(kind, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    backbone = {id(p) for n, p in model.named_parameters() if "encoder." in n or n.startswith("backbone.")}
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad and id(p) in backbone], "lr": cfg.lr},
+        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in backbone],
+         "lr": cfg.lr * cfg.head_lr_mult},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     ds = PairDataset(records, cfg, pcfg, student_inputs=(kind == "student"))
     sampler = ResumableSampler(len(ds), cfg.seed)
     steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)

@@ -1,0 +1,211 @@
+"""Search: ``python -m fos.search --library LIB --background IMG --box x1,y1,x2,y2 --category NAME``.
+
+:class:`SearchEngine` is the one search API (CLI, app and benchmark). A query is a cascade:
+
+1. candidates of the category;
+2. more than ``prefilter_k`` candidates: keep the ``prefilter_k`` nearest by embedding (vector store);
+3. the student head on the candidates, in batches (foreground halves come cached from the library);
+4. optionally the teacher re-scores the top ``rerank`` (off by default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fos.checkpoint import WeightsError, atomic_write_json, load_checkpoint
+from fos.library import Library, LibraryError, file_sha256
+from fos.preprocess import InputError, PreparedBackground, load_image, prepare_background, teacher_input
+from fos.store import VectorStore, make_store
+
+
+@dataclass
+class EngineCfg:
+    prefilter_k: int = 200  # embedding prefilter keeps this many per query; 0 = score every candidate
+    index: str = "flat"  # local store index: flat (exact), hnsw or ivf (approximate)
+    store: str = "local"  # local or milvus
+    milvus_uri: str | None = None  # e.g. fos_milvus.db (Milvus Lite) or http://host:19530
+    head_batch: int = 512  # candidates per head batch
+    rerank: int = 0  # teacher re-scores the top N (0 = off)
+
+
+@dataclass
+class Result:
+    id: str
+    category: str
+    score: float
+    path: str
+    index: int  # position in the library
+    student_score: float
+    teacher_score: float | None = None
+
+
+@dataclass
+class SearchOutput:
+    results: list[Result]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    n_candidates: int = 0
+    n_scored: int = 0
+
+    def to_json(self) -> dict:
+        return {"results": [{"id": r.id, "category": r.category, "score": r.score, "path": r.path}
+                            for r in self.results]}
+
+
+class SearchEngine:
+    def __init__(self, library: Library, student, teacher=None, cfg: EngineCfg | None = None,
+                 store: VectorStore | None = None):
+        self.lib, self.student, self.teacher = library, student.eval(), teacher.eval() if teacher else None
+        self.cfg = cfg or EngineCfg()
+        sha = getattr(student, "weights_sha256", None)
+        if sha is not None:
+            library.check_weights(sha)
+        self.pcfg = student.preprocess_cfg
+        self.store = store or make_store(self.cfg.store, self.cfg.index, self.cfg.milvus_uri)
+        if len(library):
+            self.store.add(library.emb.astype(np.float32), library.categories)
+        self.sizes = np.array([[it["width"], it["height"]] for it in library.items], dtype=np.float64).reshape(-1, 2)
+        self._bg: PreparedBackground | None = None
+
+    # ------------------------------------------------------------------ query side
+    @torch.no_grad()
+    def set_background(self, image, box) -> dict[str, float]:
+        """Encode the background once; later :meth:`search` calls reuse it (any category, k)."""
+        t0 = time.perf_counter()
+        bg = prepare_background(image, box, self.pcfg)
+        t1 = time.perf_counter()
+        roi, emb = self.student.encode_background(bg.tensor[None], bg.crop_box_net[None])
+        self._bg = bg
+        self._bg_part = self.student.head.bg_part(roi)  # (1, D, a, a)
+        self._bg_emb = emb[0].numpy()
+        t2 = time.perf_counter()
+        return {"preprocess": (t1 - t0) * 1e3, "background_encode": (t2 - t1) * 1e3}
+
+    def _geometry(self, idx: np.ndarray) -> torch.Tensor:
+        x1, y1, x2, y2 = self._bg.box
+        lb = np.log((x2 - x1) / (y2 - y1))
+        lf = np.log(self.sizes[idx, 0] / self.sizes[idx, 1])
+        return torch.from_numpy(np.stack([np.full_like(lf, lb), lf, np.abs(lb - lf)], 1).astype(np.float32))
+
+    @torch.no_grad()
+    def score_indices(self, idx: np.ndarray) -> np.ndarray:
+        """Student scores of library items ``idx`` for the current background."""
+        out = []
+        geom_on = self.student.cfg.geometry
+        for s in range(0, len(idx), self.cfg.head_batch):
+            part = idx[s:s + self.cfg.head_batch]
+            fg = torch.from_numpy(self.lib.fmap[part].astype(np.float32))
+            _, logit = self.student.head.finish(self._bg_part, fg, self._geometry(part) if geom_on else None)
+            out.append(torch.sigmoid(logit).numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def search(self, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None) -> SearchOutput:
+        if self._bg is None:
+            raise RuntimeError("call set_background(image, box) before search()")
+        if not category:
+            raise InputError(f"no category chosen; the library has {self.lib.category_names()}")
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        kk = self.cfg.prefilter_k if prefilter_k is None else prefilter_k
+        nr = self.cfg.rerank if rerank is None else rerank
+        t = {}
+        t0 = time.perf_counter()
+        cand = self.lib.indices(category)
+        n_cand = len(cand)
+        if kk and n_cand > kk:
+            cand, _ = self.store.search(self._bg_emb, kk, category)
+        t1 = time.perf_counter()
+        t["prefilter"] = (t1 - t0) * 1e3
+        scores = self.score_indices(cand)
+        order = np.argsort(-scores, kind="stable")
+        t2 = time.perf_counter()
+        t["head"] = (t2 - t1) * 1e3
+        results = [self._result(int(cand[i]), float(scores[i])) for i in order]
+        if nr and self.teacher is not None:
+            top = results[:nr]
+            ts = self._teacher_scores([r.index for r in top])
+            for r, s in zip(top, ts):
+                r.teacher_score = r.score = float(s)
+            results = sorted(top, key=lambda r: -r.score) + results[nr:]
+        elif nr and self.teacher is None:
+            raise RuntimeError("teacher rerank asked for, but no teacher was loaded")
+        t["rerank"] = (time.perf_counter() - t2) * 1e3
+        return SearchOutput(results[:k], t, n_cand, len(cand))
+
+    @torch.no_grad()
+    def _teacher_scores(self, indices: list[int]) -> np.ndarray:
+        imgs = [load_image(self.lib.items[i]["path"], "RGB", self.pcfg, what="foreground") for i in indices]
+        x = torch.stack([teacher_input(self._bg, im, self.pcfg) for im in imgs])
+        geom = self._geometry(np.array(indices)) if self.teacher.cfg.geometry else None
+        return self.teacher.score(x, geom).numpy()
+
+    def _result(self, i: int, score: float) -> Result:
+        it = self.lib.items[i]
+        return Result(it["id"], it["category"], score, it["path"], i, score)
+
+    def query(self, image, box, category: str, k: int = 10, **kw) -> SearchOutput:
+        t = self.set_background(image, box)
+        out = self.search(category, k, **kw)
+        out.timings_ms = {**t, **out.timings_ms}
+        return out
+
+
+def load_engine(library: str, weights: str = "weights/student.safetensors", teacher: str | None = None,
+                cfg: EngineCfg | None = None) -> SearchEngine:
+    student = load_checkpoint(weights, model_name="student")
+    student.weights_sha256 = file_sha256(weights)
+    t = load_checkpoint(teacher, model_name="teacher") if teacher else None
+    return SearchEngine(Library(library), student, t, cfg)
+
+
+def parse_box(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}") from None
+    if len(vals) != 4:
+        raise InputError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}")
+    return vals
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fos.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--library", required=True)
+    p.add_argument("--background", required=True)
+    p.add_argument("--box", required=True, help="x1,y1,x2,y2 in pixels of the background")
+    p.add_argument("--category", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--weights", default="weights/student.safetensors")
+    p.add_argument("--prefilter-k", type=int, default=EngineCfg.prefilter_k, help="0 scores every candidate")
+    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
+    p.add_argument("--store", default="local", choices=["local", "milvus"])
+    p.add_argument("--milvus-uri", default=None)
+    p.add_argument("--rerank", type=int, default=0, help="teacher re-scores the top N")
+    p.add_argument("--teacher", default="weights/teacher.safetensors")
+    p.add_argument("--json", help="write {\"results\": [...]} here")
+    a = p.parse_args(argv)
+    try:
+        cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
+        eng = load_engine(a.library, a.weights, a.teacher if a.rerank else None, cfg)
+        out = eng.query(a.background, parse_box(a.box), a.category, a.k)
+    except (InputError, LibraryError, WeightsError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for rank, r in enumerate(out.results, 1):
+        print(f"{rank:3d}  {r.score:.4f}  {r.id}  ({r.path})")
+    print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
+    if a.json:
+        atomic_write_json(a.json, out.to_json())
+        print(f"wrote {os.path.abspath(a.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fos import evaluate as E
+from fos.baselines import Candidates
+from fos.data import load_test
+from fos.preprocess import foreground_input, geometry_features, load_image, norm_to_pixel_box, prepare_background
+from fos.registry import build_model
+from tests.test_data import write_rfosd_fixture
+
+CATS = ["cat", "dog"]
+
+
+@pytest.fixture(scope="module")
+def ts(data_root):
+    return load_test(data_root)
+
+
+def test_aspect_is_perfect_with_exact_boxes_and_not_with_loose_ones(ts):
+    # every msrc-fos foreground is cropped to its own box, so its aspect ratio identifies it
+    exact = E.evaluate(ts, E.make_scorer("aspect"), categories=CATS, progress=False)
+    assert exact["recall@1"] == 1.0
+    loose = E.evaluate(ts, E.make_scorer("aspect"), box_jitter=0.5, categories=CATS, progress=False)
+    assert loose["recall@1"] < 1.0
+    assert loose["recall@20"] == 1.0  # fewer than 20 candidates per category
+
+
+def test_random_is_seeded(ts):
+    a = E.evaluate(ts, E.make_scorer("random", seed=1), categories=CATS, progress=False)
+    b = E.evaluate(ts, E.make_scorer("random", seed=1), categories=CATS, progress=False)
+    assert a == b and 0 <= a["recall@1"] <= 1
+
+
+def test_cli_json_has_exact_keys(data_root, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert E.main(["--data", data_root, "--model", "color", "--categories", "cat,dog", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"model", "n_queries", "recall@1", "recall@5", "recall@10", "recall@20", "per_category"}
+    assert res["n_queries"] == 11 and set(res["per_category"]) == set(CATS)
+    assert np.mean([m["recall@1"] for m in res["per_category"].values()]) == pytest.approx(res["recall@1"])
+    assert "MEAN (per category)" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(data_root, tmp_path, capsys):
+    assert E.main(["--data", data_root, "--model", "student", "--weights", str(tmp_path / "no.safetensors")]) == 2
+    assert "error: weights file" in capsys.readouterr().err
+    assert E.main(["--data", str(tmp_path), "--model", "aspect"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert E.main(["--data", data_root, "--model", "aspect", "--categories", "unicorn"]) == 2
+    assert "unknown categories ['unicorn']" in capsys.readouterr().err
+
+
+def test_student_cached_scoring_equals_pairwise_forward(ts):
+    torch.manual_seed(0)
+    model = build_model("student", pretrained=False).eval()
+    scorer = E.StudentScorer(model)
+    cs = ts.categories["cat"]
+    cands = Candidates(cs.fg_names, [load_image(p) for p in cs.fg_paths], {})
+    scorer.prepare(cands)
+    q = cs.queries[0]
+    img = load_image(q.bg_path)
+    bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size))
+    fast = scorer.score(bg, cands)
+    n = len(cands.images)
+    with torch.no_grad():
+        slow = model(bg.tensor[None].expand(n, -1, -1, -1), bg.crop_box_net[None].expand(n, -1),
+                     torch.stack([foreground_input(im) for im in cands.images]),
+                     torch.from_numpy(np.stack([geometry_features(bg.box, im.size) for im in cands.images])))
+    assert np.allclose(fast, slow.numpy(), atol=1e-5)
+
+
+def test_rfosd_fixture_metrics(tmp_path):
+    write_rfosd_fixture(tmp_path)
+    res = E.evaluate(load_test(str(tmp_path)), E.make_scorer("aspect"), progress=False)
+    assert {"mAP", "mAP-20", "precision@1", "precision@5", "precision@10", "precision@20"} <= res.keys()
+    assert res["n_queries"] == 3 and 0 <= res["mAP"] <= 1
+
+
+@pytest.mark.skipif(not os.path.exists("weights/student.safetensors"), reason="shipped weights missing")
+def test_shipped_student_beats_random_on_real_images(ts):
+    s = E.evaluate(ts, E.make_scorer("student"), box_jitter=0.5, categories=["body", "book", "cow"], progress=False)
+    r = E.evaluate(ts, E.make_scorer("random"), box_jitter=0.5, categories=["body", "book", "cow"], progress=False)
+    assert s["recall@1"] > r["recall@1"]

@@ -1,0 +1,74 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fos.train as T
+from fos.checkpoint import load_checkpoint, save_checkpoint
+from fos.config import TrainCfg
+from fos.registry import build_model
+
+
+def cfg(data_root, out, **kw):
+    base = dict(data=data_root, out=str(out), epochs=2, batch_size=2, num_neg=1, limit=4, workers=0,
+                ckpt_every=1, trainable_blocks=2, seed=3)
+    base.update(kw)
+    return TrainCfg(**base)
+
+
+def test_teacher_steps_on_real_images_and_resume_is_exact(data_root, tmp_path, monkeypatch):
+    # uninterrupted: 4 steps (2 epochs of 2 steps)
+    ref = T.fit("teacher", cfg(data_root, tmp_path / "ref"), str(tmp_path / "ref.safetensors"))
+    lines = [json.loads(x) for x in open(tmp_path / "ref" / "log.jsonl")]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
+
+    # interrupted during step 3, then resumed by running the same command again
+    real, calls = T.step_losses, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "step_losses", flaky)
+    c = cfg(data_root, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        T.fit("teacher", c, str(tmp_path / "run.safetensors"))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 2
+    assert not os.path.exists(tmp_path / "run.safetensors")
+    monkeypatch.setattr(T, "step_losses", real)
+    T.fit("teacher", c, str(tmp_path / "run.safetensors"))
+    a, b = load_file(ref), load_file(str(tmp_path / "run.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    info = json.load(open(tmp_path / "run.json"))
+    assert info["steps"] == 4 and info["model_name"] == "teacher"
+    # another configuration on the same run folder is refused, not silently mixed
+    with pytest.raises(SystemExit, match="other settings"):
+        T.fit("teacher", cfg(data_root, tmp_path / "run", lr=1.0), str(tmp_path / "x.safetensors"))
+
+
+def test_student_step_on_real_images(data_root, tmp_path):
+    teacher = build_model("teacher", pretrained=False).eval()
+    tpath = str(tmp_path / "teacher.safetensors")
+    save_checkpoint(teacher, tpath)
+    out = T.fit("student", cfg(data_root, tmp_path / "s", epochs=1, limit=2, teacher=tpath),
+                str(tmp_path / "student.safetensors"))
+    log = [json.loads(x) for x in open(tmp_path / "s" / "log.jsonl")]
+    assert len(log) == 1 and {"triplet", "distill", "bce", "loss"} <= log[0].keys()
+    assert log[0]["loss"] == pytest.approx(log[0]["triplet"] + log[0]["distill"] + log[0]["bce"], rel=1e-4)
+    s = load_checkpoint(out)
+    assert s.cfg.kind == "student"
+
+
+def test_losses_hand_computed():
+    a = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0]])  # distance 0
+    n = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # distances 1 and 0
+    # relu(0 - 1 + 0.1) = 0, relu(0 - 0 + 0.1) = 0.1 -> mean 0.05
+    assert T.triplet_loss(a, p, n, 0.1).item() == pytest.approx(0.05)
