@@ -62,6 +62,7 @@ class TrainCfg:
     num_neg: int = 3  # negatives per background
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster
+    geom_prior: float = 4.0  # init the geometry weights at [0, 0, -prior]: start from the aspect ranking
     weight_decay: float = 1e-4
     trainable_blocks: int = 6  # train only the last N backbone stages (rest frozen, faster on CPU)
     box_jitter: float = 0.5  # enlarge the box by up to this fraction per side (R-FOSD box jitter)

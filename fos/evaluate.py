@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fos.baselines import BASELINES, Candidates, Scorer
 from fos.checkpoint import WeightsError, atomic_write_json, load_checkpoint, load_official_student
+from fos.runtime import Backend, BackendError, TorchBackend, get_backend
 from fos.config import PreprocessCfg
 from fos.data import DatasetError, TestSet, load_test
 from fos.metrics import average_over_categories, rfosd_metrics, sfosd_metrics
@@ -33,7 +34,6 @@ from fos.preprocess import (
 )
 
 log = logging.getLogger("fos.evaluate")
-DEFAULT_WEIGHTS = {"teacher": "weights/teacher.safetensors", "student": "weights/student.safetensors"}
 
 
 class TeacherScorer(Scorer):
@@ -41,15 +41,13 @@ class TeacherScorer(Scorer):
 
     name = "teacher"
 
-    def __init__(self, model):
-        self.model, self.pcfg = model.eval(), getattr(model, "preprocess_cfg", PreprocessCfg())
+    def __init__(self, backend: Backend):
+        self.backend, self.pcfg = backend, backend.preprocess_cfg
 
-    @torch.no_grad()
     def score(self, bg, cands):
-        x = torch.stack([teacher_input(bg, im, self.pcfg) for im in cands.images])
-        g = torch.from_numpy(np.stack([geometry_features(bg.box, im.size) for im in cands.images]))
-        return torch.cat([self.model.score(xc, gc if self.model.cfg.geometry else None)
-                          for xc, gc in zip(x.split(64), g.split(64))]).numpy()
+        x = torch.stack([teacher_input(bg, im, self.pcfg) for im in cands.images]).numpy()
+        g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+        return np.concatenate([self.backend.teacher(x[s:s + 64], g[s:s + 64]) for s in range(0, len(x), 64)])
 
 
 class StudentScorer(Scorer):
@@ -57,38 +55,48 @@ class StudentScorer(Scorer):
 
     name = "student"
 
-    def __init__(self, model):
-        self.model, self.pcfg = model.eval(), getattr(model, "preprocess_cfg", PreprocessCfg())
+    def __init__(self, backend: Backend):
+        self.backend, self.pcfg = backend, backend.preprocess_cfg
 
-    @torch.no_grad()
     def prepare(self, cands):
-        x = torch.stack([foreground_input(im, self.pcfg) for im in cands.images])
-        fmap = torch.cat([self.model.encode_foreground(c)[0] for c in x.split(32)])
-        cands.cache["fg_part"] = self.model.head.fg_part(fmap)
+        x = torch.stack([foreground_input(im, self.pcfg) for im in cands.images]).numpy()
+        cands.cache["fg_part"] = np.concatenate([self.backend.encode_foreground(x[s:s + 32])[0]
+                                                 for s in range(0, len(x), 32)])
 
-    @torch.no_grad()
     def score(self, bg, cands):
-        roi, _ = self.model.encode_background(bg.tensor[None], bg.crop_box_net[None])
-        g = torch.from_numpy(np.stack([geometry_features(bg.box, im.size) for im in cands.images]))
-        _, logit = self.model.head.finish(self.model.head.bg_part(roi), cands.cache["fg_part"],
-                                          g if self.model.cfg.geometry else None)
-        return torch.sigmoid(logit).numpy()
+        bg_part, _ = self.backend.encode_background(bg.tensor[None].numpy(), bg.crop_box_net[None].numpy())
+        g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+        return self.backend.head(bg_part, cands.cache["fg_part"], g)
 
 
-def make_scorer(name: str, weights: str | None = None, seed: int = 0) -> Scorer:
-    """A baseline by name, or a trained model from ``weights`` (default ``weights/<name>.safetensors``)."""
+def make_scorer(name: str, weights: str | None = None, seed: int = 0, backend: str = "torch") -> Scorer:
+    """A baseline by name, or a trained model.
+
+    ``weights``: a checkpoint file (torch backend) or a weights folder; default ``weights/``. With
+    ``backend`` onnxruntime / tensorrt the exported graphs of that folder are used (exported first if
+    needed).
+    """
     if name in BASELINES:
         return BASELINES[name](seed) if name == "random" else BASELINES[name]()
-    path = weights or DEFAULT_WEIGHTS.get(name)
-    if path is None:
-        raise WeightsError(f"model {name!r} needs --weights PATH (baselines: {', '.join(BASELINES)})")
-    if name == "student_vgg19" and not path.endswith(".safetensors"):
-        model = load_official_student(path)
-    else:
+    kind = "teacher" if name.startswith("teacher") else "student"
+    if weights and os.path.isfile(weights):
+        if backend != "torch":
+            raise WeightsError(f"--backend {backend} runs the exported graphs of a weights folder; pass --weights DIR")
         from fos.registry import list_models
 
-        model = load_checkpoint(path, model_name=name if name in list_models() else None)
-    scorer = TeacherScorer(model) if model.cfg.kind == "teacher" else StudentScorer(model)
+        if name == "student_vgg19" and not weights.endswith(".safetensors"):
+            model = load_official_student(weights)
+        else:
+            model = load_checkpoint(weights, model_name=name if name in list_models() else None)
+        kind = model.cfg.kind
+        b = TorchBackend(student=model) if kind == "student" else TorchBackend(teacher=model)
+    else:
+        folder = weights or "weights"
+        if not os.path.isdir(folder):
+            raise WeightsError(f"weights {folder} not found (pass a checkpoint file or a folder with "
+                               "teacher.safetensors and student.safetensors)")
+        b = get_backend(backend, folder)
+    scorer = TeacherScorer(b) if kind == "teacher" else StudentScorer(b)
     scorer.name = name
     return scorer
 
@@ -157,7 +165,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset root (the folder with test/)")
     p.add_argument("--model", required=True, help=f"teacher, student, student_vgg19 or a baseline: {', '.join(BASELINES)}")
-    p.add_argument("--weights", help="weights file (default weights/<model>.safetensors)")
+    p.add_argument("--weights", help="checkpoint file, or weights folder (default weights/)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+                   help="run trained models through this backend (onnxruntime exports the graphs first if needed)")
     p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")
     p.add_argument("--box-jitter", type=float, default=0.0, help="loose-box protocol: enlarge boxes by up to this fraction")
     p.add_argument("--seed", type=int, default=0)
@@ -171,14 +181,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     try:
         ts = load_test(a.data, a.set)
-        scorer = make_scorer(a.model, a.weights, a.seed)
+        scorer = make_scorer(a.model, a.weights, a.seed, a.backend)
         t0 = time.time()
         cats = a.categories.split(",") if a.categories else None
         res = evaluate(ts, scorer, a.box_jitter, a.seed, a.threshold, cats)
-    except (DatasetError, WeightsError, InputError, RuntimeError) as e:
+    except (DatasetError, WeightsError, InputError, BackendError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.model} on {a.data} ({ts.kind}, box jitter {a.box_jitter}), {time.time() - t0:.1f}s")
+    where = getattr(getattr(scorer, "backend", None), "description", "no network")
+    print(f"{a.model} on {a.data} ({ts.kind}, box jitter {a.box_jitter}, {where}), {time.time() - t0:.1f}s")
     print(format_table(res))
     if a.json:
         atomic_write_json(a.json, res)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fos.checkpoint import WeightsError, atomic_write_json, load_checkpoint
+from fos.checkpoint import WeightsError, atomic_write_json
+from fos.runtime import BackendError, get_backend
 from fos.data import DatasetError, read_json
 from fos.preprocess import InputError, foreground_input, foreground_mask, load_image
 
@@ -182,9 +183,8 @@ class Library:
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             raise LibraryError(f"library {root} is corrupt or incomplete ({type(e).__name__}: {e}); rebuild it") from e
         self.items = items
-        e_dim, fshape = self.meta["embed_dim"], tuple(self.meta["fmap_shape"])
-        self.emb = np.concatenate(embs) if embs else np.zeros((0, e_dim), np.float16)
-        self.fmap = np.concatenate(fmaps) if fmaps else np.zeros((0, *fshape), np.float16)
+        self.emb = np.concatenate(embs) if embs else np.zeros((0, self.meta.get("embed_dim") or 0), np.float16)
+        self.fmap = np.concatenate(fmaps) if fmaps else np.zeros((0, *(self.meta.get("fmap_shape") or [0])), np.float16)
         if len(self.items) != len(self.emb) or len(self.items) != len(self.fmap) or len(items) != self.meta["count"]:
             raise LibraryError(f"library {root} is corrupt: {len(items)} items, {len(self.emb)} embeddings, "
                                f"{len(self.fmap)} feature maps, {self.meta['count']} expected; rebuild it")
@@ -212,10 +212,9 @@ class Library:
                 "rebuild it with `python -m fos.library build` using the current weights")
 
 
-@torch.no_grad()
-def encode_items(model, items: list[SourceItem], batch_size: int = 32, progress: bool = True):
+def encode_items(backend, items: list[SourceItem], batch_size: int = 32, progress: bool = True):
     """Encode items; returns (kept item dicts, emb (n,E) f16, fmap (n,D,a,a) f16, failures [(path, reason)])."""
-    pcfg = model.preprocess_cfg
+    pcfg = backend.preprocess_cfg
     kept, embs, fmaps, failed = [], [], [], []
     bar = tqdm(total=len(items), desc="encode foregrounds", unit="item", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(items), batch_size):
@@ -232,16 +231,14 @@ def encode_items(model, items: list[SourceItem], batch_size: int = 32, progress:
             except (InputError, OSError) as e:
                 failed.append((it.path, str(e)))
         if tensors:
-            fmap, emb = model.encode_foreground(torch.stack(tensors))
-            fmaps.append(model.head.fg_part(fmap).half().numpy())
-            embs.append(emb.half().numpy())
+            fg_part, emb = backend.encode_foreground(torch.stack(tensors).numpy())
+            fmaps.append(fg_part.astype(np.float16))
+            embs.append(emb.astype(np.float16))
             kept += chunk
         bar.update(len(items[start:start + batch_size]))
     bar.close()
-    d = model.dim
-    a = model.cfg.align_size
-    emb = np.concatenate(embs) if embs else np.zeros((0, model.fg_embed.out_features if hasattr(model.fg_embed, "out_features") else d), np.float16)
-    fmap = np.concatenate(fmaps) if fmaps else np.zeros((0, d, a, a), np.float16)
+    emb = np.concatenate(embs) if embs else None
+    fmap = np.concatenate(fmaps) if fmaps else None
     return kept, emb, fmap, failed
 
 
@@ -256,11 +253,14 @@ def _write_shard(folder: str, name: str, items, emb, fmap) -> None:
     atomic_write_json(base + ".json", items)  # written last: a shard exists once its json does
 
 
-def write_library(model, weights: str, src: str, out: str, mode: str = "build", batch_size: int = 32,
+def write_library(backend, src: str, out: str, mode: str = "build", batch_size: int = 32,
                   progress: bool = True) -> dict:
-    """Build (``mode="build"``, the library must not exist yet unless resuming) or extend (``"add"``) a library."""
+    """Build (``mode="build"``, the library must not exist yet unless resuming) or extend (``"add"``) a library.
+
+    ``backend``: a :class:`fos.runtime.Backend`; the library records its student weights' sha256.
+    """
     meta_path = os.path.join(out, "library.json")
-    wsha = file_sha256(weights)
+    wsha = backend.student_sha256
     if mode == "build" and os.path.exists(meta_path):
         raise LibraryError(f"{out} already holds a library; use `add` to extend it, or choose a new --out")
     if mode == "add":
@@ -269,10 +269,8 @@ def write_library(model, weights: str, src: str, out: str, mode: str = "build", 
         meta = lib.meta
         existing = set(lib.ids)
     else:
-        meta = {"version": 1, "weights": os.path.abspath(weights), "weights_sha256": wsha,
-                "model_cfg": model.checkpoint_info.get("model_cfg"), "embed_dim": None,
-                "fmap_shape": [model.dim, model.cfg.align_size, model.cfg.align_size], "dtype": "float16",
-                "count": 0, "shards": []}
+        meta = {"version": 1, "weights": getattr(backend, "weights", ""), "weights_sha256": wsha,
+                "embed_dim": None, "fmap_shape": None, "dtype": "float16", "count": 0, "shards": []}
         existing = set()
     items = read_sources(src)
     dup = [it.id for it in items if it.id in existing]
@@ -302,12 +300,13 @@ def write_library(model, weights: str, src: str, out: str, mode: str = "build", 
                disable=not progress, dynamic_ncols=True)
     for i, start in enumerate(range(0, len(todo), SHARD)):
         chunk = todo[start:start + SHARD]
-        kept, emb, fmap, failed = encode_items(model, chunk, batch_size, progress=False)
+        kept, emb, fmap, failed = encode_items(backend, chunk, batch_size, progress=False)
         name = f"{base_idx + i:05d}"
         if kept:
             _write_shard(pending, name, kept, emb, fmap)
             state["shards"].append(name)
             meta["embed_dim"] = int(emb.shape[1])
+            meta["fmap_shape"] = list(fmap.shape[1:])
         state["done"] += [it["id"] for it in kept]
         state["failed"] += [list(f) for f in failed]
         atomic_write_json(state_path, state)
@@ -334,7 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("command", choices=["build", "add", "info"])
     p.add_argument("--src", help="folder of category folders, CSV/JSON table, or FOSD dataset root")
     p.add_argument("--out", "--library", dest="out", required=True, help="library folder")
-    p.add_argument("--weights", default="weights/student.safetensors", help="student weights")
+    p.add_argument("--weights", default="weights", help="folder with student.safetensors")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -346,9 +346,10 @@ def main(argv=None) -> int:
             return 0
         if not a.src:
             raise LibraryError("--src is required for build and add")
-        model = load_checkpoint(a.weights, model_name="student")
-        res = write_library(model, a.weights, a.src, a.out, a.command, a.batch_size)
-    except (LibraryError, DatasetError, WeightsError, InputError) as e:
+        backend = get_backend(a.backend, a.weights)
+        log.info("encoding with %s", backend.description)
+        res = write_library(backend, a.src, a.out, a.command, a.batch_size)
+    except (LibraryError, DatasetError, WeightsError, InputError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fos.checkpoint import WeightsError, atomic_write_json, load_checkpoint
-from fos.library import Library, LibraryError, file_sha256
+from fos.checkpoint import WeightsError, atomic_write_json
+from fos.library import Library, LibraryError
 from fos.preprocess import InputError, PreparedBackground, load_image, prepare_background, teacher_input
+from fos.runtime import Backend, BackendError, get_backend
 from fos.store import VectorStore, make_store
 
 
@@ -59,14 +60,15 @@ class SearchOutput:
 
 
 class SearchEngine:
-    def __init__(self, library: Library, student, teacher=None, cfg: EngineCfg | None = None,
+    """The search API. ``backend`` runs the networks (torch, onnxruntime or tensorrt)."""
+
+    def __init__(self, library: Library, backend: Backend, cfg: EngineCfg | None = None,
                  store: VectorStore | None = None):
-        self.lib, self.student, self.teacher = library, student.eval(), teacher.eval() if teacher else None
+        self.lib, self.backend = library, backend
         self.cfg = cfg or EngineCfg()
-        sha = getattr(student, "weights_sha256", None)
-        if sha is not None:
-            library.check_weights(sha)
-        self.pcfg = student.preprocess_cfg
+        if backend.student_sha256:
+            library.check_weights(backend.student_sha256)
+        self.pcfg = backend.preprocess_cfg
         self.store = store or make_store(self.cfg.store, self.cfg.index, self.cfg.milvus_uri)
         if len(library):
             self.store.add(library.emb.astype(np.float32), library.categories)
@@ -74,35 +76,29 @@ class SearchEngine:
         self._bg: PreparedBackground | None = None
 
     # ------------------------------------------------------------------ query side
-    @torch.no_grad()
     def set_background(self, image, box) -> dict[str, float]:
         """Encode the background once; later :meth:`search` calls reuse it (any category, k)."""
         t0 = time.perf_counter()
         bg = prepare_background(image, box, self.pcfg)
         t1 = time.perf_counter()
-        roi, emb = self.student.encode_background(bg.tensor[None], bg.crop_box_net[None])
-        self._bg = bg
-        self._bg_part = self.student.head.bg_part(roi)  # (1, D, a, a)
-        self._bg_emb = emb[0].numpy()
+        bg_part, emb = self.backend.encode_background(bg.tensor[None].numpy(), bg.crop_box_net[None].numpy())
+        self._bg, self._bg_part, self._bg_emb = bg, bg_part, emb[0]
         t2 = time.perf_counter()
         return {"preprocess": (t1 - t0) * 1e3, "background_encode": (t2 - t1) * 1e3}
 
-    def _geometry(self, idx: np.ndarray) -> torch.Tensor:
+    def geometry(self, idx: np.ndarray) -> np.ndarray:
+        """(N, 3) geometry features of library items ``idx`` against the current box."""
         x1, y1, x2, y2 = self._bg.box
         lb = np.log((x2 - x1) / (y2 - y1))
         lf = np.log(self.sizes[idx, 0] / self.sizes[idx, 1])
-        return torch.from_numpy(np.stack([np.full_like(lf, lb), lf, np.abs(lb - lf)], 1).astype(np.float32))
+        return np.stack([np.full_like(lf, lb), lf, np.abs(lb - lf)], 1).astype(np.float32)
 
-    @torch.no_grad()
     def score_indices(self, idx: np.ndarray) -> np.ndarray:
         """Student scores of library items ``idx`` for the current background."""
         out = []
-        geom_on = self.student.cfg.geometry
         for s in range(0, len(idx), self.cfg.head_batch):
             part = idx[s:s + self.cfg.head_batch]
-            fg = torch.from_numpy(self.lib.fmap[part].astype(np.float32))
-            _, logit = self.student.head.finish(self._bg_part, fg, self._geometry(part) if geom_on else None)
-            out.append(torch.sigmoid(logit).numpy())
+            out.append(self.backend.head(self._bg_part, self.lib.fmap[part].astype(np.float32), self.geometry(part)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def search(self, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None) -> SearchOutput:
@@ -127,23 +123,19 @@ class SearchEngine:
         t2 = time.perf_counter()
         t["head"] = (t2 - t1) * 1e3
         results = [self._result(int(cand[i]), float(scores[i])) for i in order]
-        if nr and self.teacher is not None:
+        if nr:
             top = results[:nr]
             ts = self._teacher_scores([r.index for r in top])
             for r, s in zip(top, ts):
                 r.teacher_score = r.score = float(s)
             results = sorted(top, key=lambda r: -r.score) + results[nr:]
-        elif nr and self.teacher is None:
-            raise RuntimeError("teacher rerank asked for, but no teacher was loaded")
         t["rerank"] = (time.perf_counter() - t2) * 1e3
         return SearchOutput(results[:k], t, n_cand, len(cand))
 
-    @torch.no_grad()
     def _teacher_scores(self, indices: list[int]) -> np.ndarray:
         imgs = [load_image(self.lib.items[i]["path"], "RGB", self.pcfg, what="foreground") for i in indices]
-        x = torch.stack([teacher_input(self._bg, im, self.pcfg) for im in imgs])
-        geom = self._geometry(np.array(indices)) if self.teacher.cfg.geometry else None
-        return self.teacher.score(x, geom).numpy()
+        x = torch.stack([teacher_input(self._bg, im, self.pcfg) for im in imgs]).numpy()
+        return self.backend.teacher(x, self.geometry(np.array(indices)))
 
     def _result(self, i: int, score: float) -> Result:
         it = self.lib.items[i]
@@ -156,12 +148,10 @@ class SearchEngine:
         return out
 
 
-def load_engine(library: str, weights: str = "weights/student.safetensors", teacher: str | None = None,
+def load_engine(library: str, weights: str = "weights", backend: str = "auto",
                 cfg: EngineCfg | None = None) -> SearchEngine:
-    student = load_checkpoint(weights, model_name="student")
-    student.weights_sha256 = file_sha256(weights)
-    t = load_checkpoint(teacher, model_name="teacher") if teacher else None
-    return SearchEngine(Library(library), student, t, cfg)
+    """Library + the best (or the named) backend for the weights folder ``weights``."""
+    return SearchEngine(Library(library), get_backend(backend, weights), cfg)
 
 
 def parse_box(text: str) -> tuple[float, ...]:
@@ -182,24 +172,25 @@ def main(argv=None) -> int:
     p.add_argument("--box", required=True, help="x1,y1,x2,y2 in pixels of the background")
     p.add_argument("--category", required=True)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--weights", default="weights/student.safetensors")
+    p.add_argument("--weights", default="weights", help="folder with student.safetensors and teacher.safetensors")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     p.add_argument("--prefilter-k", type=int, default=EngineCfg.prefilter_k, help="0 scores every candidate")
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
     p.add_argument("--store", default="local", choices=["local", "milvus"])
     p.add_argument("--milvus-uri", default=None)
     p.add_argument("--rerank", type=int, default=0, help="teacher re-scores the top N")
-    p.add_argument("--teacher", default="weights/teacher.safetensors")
     p.add_argument("--json", help="write {\"results\": [...]} here")
     a = p.parse_args(argv)
     try:
         cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
-        eng = load_engine(a.library, a.weights, a.teacher if a.rerank else None, cfg)
+        eng = load_engine(a.library, a.weights, a.backend, cfg)
         out = eng.query(a.background, parse_box(a.box), a.category, a.k)
-    except (InputError, LibraryError, WeightsError, RuntimeError) as e:
+    except (InputError, LibraryError, WeightsError, BackendError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for rank, r in enumerate(out.results, 1):
         print(f"{rank:3d}  {r.score:.4f}  {r.id}  ({r.path})")
+    print(f"backend: {eng.backend.description}")
     print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
     if a.json:
         atomic_write_json(a.json, out.to_json())

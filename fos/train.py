@@ -133,6 +133,10 @@ def _freeze_bn(module: torch.nn.Module) -> None:
 
 def _prepare(kind: str, cfg: TrainCfg):
     model = build_model(kind)
+    geom = model.geom_fc if kind == "teacher" else model.head.geom_fc
+    if geom is not None:  # an aspect-ratio prior: -prior * |log box aspect - log fg aspect|
+        with torch.no_grad():
+            geom.weight.copy_(torch.tensor([[0.0, 0.0, -cfg.geom_prior]]))
     if kind == "teacher":
         model.backbone.freeze_all_but(cfg.trainable_blocks)
         return model, None

@@ -10,6 +10,7 @@ from fos.baselines import Candidates
 from fos.data import load_test
 from fos.preprocess import foreground_input, geometry_features, load_image, norm_to_pixel_box, prepare_background
 from fos.registry import build_model
+from fos.runtime import TorchBackend
 from tests.test_data import write_rfosd_fixture
 
 CATS = ["cat", "dog"]
@@ -47,7 +48,7 @@ def test_cli_json_has_exact_keys(data_root, tmp_path, capsys):
 
 def test_cli_errors_are_one_line(data_root, tmp_path, capsys):
     assert E.main(["--data", data_root, "--model", "student", "--weights", str(tmp_path / "no.safetensors")]) == 2
-    assert "error: weights file" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
     assert E.main(["--data", str(tmp_path), "--model", "aspect"]) == 2
     assert "error:" in capsys.readouterr().err
     assert E.main(["--data", data_root, "--model", "aspect", "--categories", "unicorn"]) == 2
@@ -57,7 +58,7 @@ def test_cli_errors_are_one_line(data_root, tmp_path, capsys):
 def test_student_cached_scoring_equals_pairwise_forward(ts):
     torch.manual_seed(0)
     model = build_model("student", pretrained=False).eval()
-    scorer = E.StudentScorer(model)
+    scorer = E.StudentScorer(TorchBackend(student=model))
     cs = ts.categories["cat"]
     cands = Candidates(cs.fg_names, [load_image(p) for p in cs.fg_paths], {})
     scorer.prepare(cands)

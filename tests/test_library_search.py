@@ -7,10 +7,11 @@ import torch
 from PIL import Image
 
 import fos.library as L
-from fos.checkpoint import load_checkpoint, save_checkpoint
+from fos.checkpoint import save_checkpoint
 from fos.library import Library, LibraryError, file_sha256, write_library
 from fos.preprocess import InputError, foreground_input, geometry_features, prepare_background
 from fos.registry import build_model
+from fos.runtime import TorchBackend
 from fos.search import EngineCfg, SearchEngine, main as search_main
 from fos.store import LocalStore, MilvusStore
 from tests.test_data import _copy_test
@@ -18,25 +19,23 @@ from tests.test_data import _copy_test
 
 @pytest.fixture(scope="module")
 def student_path(tmp_path_factory):
+    """A weights folder with a student whose backbones are ImageNet's (distinct embeddings; a random
+    network maps every cutout to about one point)."""
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("w")
-    p = str(d / "student.safetensors")
-    # ImageNet backbones give distinct embeddings; a random network maps every cutout to about one point
-    save_checkpoint(build_model("student", pretrained=True), p)
-    return p
+    save_checkpoint(build_model("student", pretrained=True), str(d / "student.safetensors"))
+    return str(d)
 
 
-def load_student(path):
-    m = load_checkpoint(path, model_name="student")
-    m.weights_sha256 = file_sha256(path)
-    return m
+def load_student(folder):
+    return TorchBackend(folder)
 
 
 @pytest.fixture(scope="module")
 def fosd_lib(data_root, student_path, tmp_path_factory):
     root, _ = _copy_test(data_root, tmp_path_factory.mktemp("src"), cats=("cat", "dog", "sheep"))
     out = str(tmp_path_factory.mktemp("lib") / "lib")
-    res = write_library(load_student(student_path), student_path, str(root), out, progress=False)
+    res = write_library(load_student(student_path), str(root), out, progress=False)
     assert res["added"] == 18 and not res["failed"]
     return out, root
 
@@ -90,7 +89,7 @@ def test_folder_build_skips_broken_and_add_appends(student_path, tmp_path, capsy
 def test_failed_add_leaves_library_as_before(student_path, tmp_path, monkeypatch):
     src = cutout_folder(tmp_path)
     out = str(tmp_path / "lib")
-    write_library(load_student(student_path), student_path, str(src), out, progress=False)
+    write_library(load_student(student_path), str(src), out, progress=False)
     meta_before = open(os.path.join(out, "library.json")).read()
     Image.new("RGB", (25, 25), (10, 10, 10)).save(src / "dog" / "new.png")
 
@@ -99,7 +98,7 @@ def test_failed_add_leaves_library_as_before(student_path, tmp_path, monkeypatch
 
     monkeypatch.setattr(L, "encode_items", boom)
     with pytest.raises(RuntimeError):
-        write_library(load_student(student_path), student_path, str(src), out, mode="add", progress=False)
+        write_library(load_student(student_path), str(src), out, mode="add", progress=False)
     assert open(os.path.join(out, "library.json")).read() == meta_before
     assert len(Library(out)) == 2
 
@@ -118,13 +117,13 @@ def test_interrupted_build_resumes_without_recomputing(data_root, student_path, 
 
     monkeypatch.setattr(L, "encode_items", flaky)
     with pytest.raises(KeyboardInterrupt):
-        write_library(load_student(student_path), student_path, str(root), out, progress=False)
+        write_library(load_student(student_path), str(root), out, progress=False)
     with pytest.raises(LibraryError, match="not a foreground library"):
         Library(out)  # nothing committed yet
     monkeypatch.setattr(L, "encode_items", real)
     encoded = []
     monkeypatch.setattr(L, "encode_items", lambda m, items, *a, **k: (encoded.extend(i.id for i in items), real(m, items, *a, **k))[1])
-    res = write_library(load_student(student_path), student_path, str(root), out, progress=False)
+    res = write_library(load_student(student_path), str(root), out, progress=False)
     assert res["count"] == 11
     assert not set(calls[0]) & set(encoded)  # the first shard was not encoded again
     assert len(Library(out)) == 11 and not os.path.exists(os.path.join(out, ".pending"))
@@ -133,8 +132,8 @@ def test_interrupted_build_resumes_without_recomputing(data_root, student_path, 
 def test_other_weights_and_corruption_are_errors(fosd_lib, tmp_path):
     out, _ = fosd_lib
     torch.manual_seed(1)
-    other = str(tmp_path / "other.safetensors")
-    save_checkpoint(build_model("student", pretrained=False), other)
+    other = str(tmp_path)
+    save_checkpoint(build_model("student", pretrained=False), str(tmp_path / "student.safetensors"))
     with pytest.raises(LibraryError, match="built with other weights"):
         SearchEngine(Library(out), load_student(other))
     bad = tmp_path / "bad"
@@ -146,8 +145,9 @@ def test_other_weights_and_corruption_are_errors(fosd_lib, tmp_path):
 
 def test_ranking_without_prefilter_equals_pairwise_scoring(fosd_lib, student_path, data_root):
     out, root = fosd_lib
-    student = load_student(student_path)
-    eng = SearchEngine(Library(out), student, cfg=EngineCfg(prefilter_k=0))
+    backend = load_student(student_path)
+    student = backend.s
+    eng = SearchEngine(Library(out), backend, cfg=EngineCfg(prefilter_k=0))
     bg_path = os.path.join(root, "test", "bg_set1", eng.lib.items[0]["id"])
     box = (20, 30, 180, 150)
     res = eng.query(bg_path, box, "cat", k=100)

@@ -109,8 +109,8 @@ class Student(nn.Module):
 
     def encode_background(self, bg: torch.Tensor, crop_box: torch.Tensor):
         fmap = self.bg_proj(self.bg_encoder(bg))  # (B, D, 7, 7)
-        idx = torch.arange(bg.shape[0], device=bg.device, dtype=fmap.dtype).view(-1, 1)
-        rois = torch.cat([idx, crop_box.to(fmap.dtype)], dim=1)
+        idx = torch.arange(bg.shape[0], device=bg.device, dtype=torch.float32).view(-1, 1)
+        rois = torch.cat([idx, crop_box.float()], dim=1)
         roi = roi_align(fmap, rois, self.cfg.align_size, 1.0 / STRIDE, self.cfg.sampling_ratio)
         emb = F.normalize(self.bg_embed(roi.mean((2, 3))), dim=-1)
         return roi, emb

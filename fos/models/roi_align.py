@@ -53,7 +53,7 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
     """
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     _, _, h, w = features.shape
-    rois = rois.to(features.dtype)
+    rois = rois.float()  # sampling weights in float32 (also for half features: exact, exportable)
     offset = 0.5 if aligned else 0.0
     x1 = rois[:, 1] * spatial_scale - offset
     y1 = rois[:, 2] * spatial_scale - offset
@@ -75,7 +75,8 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
             axs.append(_axis_weights(x1[i:i + 1], bw[i:i + 1], ow, gx, w))
         ay, ax = torch.cat(ays), torch.cat(axs)
     feats = features[rois[:, 0].long()]  # (K, C, H, W)
-    return torch.einsum("kph,kchw,kqw->kcpq", ay, feats, ax)
+    dt = features.dtype
+    return torch.einsum("kph,kchw,kqw->kcpq", ay.to(dt), feats, ax.to(dt))
 
 
 class RoIAlign(nn.Module):

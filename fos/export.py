@@ -1,0 +1,152 @@
+"""Export-only wrappers and ONNX export. These modules should not be called directly.
+
+Four graphs, each with a dynamic batch dimension:
+
+* ``teacher``:      composite (B,3,S,S), geom (B,3)             -> score (B,), feat (B,D,a,a)
+* ``student_bg``:   background (B,3,S,S), crop_box (B,4)         -> bg_part (B,D,a,a), emb (B,E)
+* ``student_fg``:   foreground (B,3,S,S)                         -> fg_part (B,D,a,a), emb (B,E)
+* ``student_head``: bg_part (1|B,D,a,a), fg_part (B,D,a,a), geom (B,3) -> score (B,)
+
+``bg_part`` / ``fg_part`` are the two halves of the head's first conv (see ``DistillHead``): the
+library caches ``fg_part``, a query computes ``bg_part`` once. Models without geometry get a ``geom``
+input too (ignored), so every backend has one signature.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+
+import torch
+from torch import nn
+
+from fos.checkpoint import atomic_write_json, load_checkpoint
+from fos.config import PreprocessCfg
+
+log = logging.getLogger("fos.export")
+OPSET = 18
+GRAPHS = ("teacher", "student_bg", "student_fg", "student_head")
+
+
+class TeacherOnnx(nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.m = teacher
+
+    def forward(self, composite, geom):
+        feat, logit = self.m(composite, geom if self.m.cfg.geometry else None)
+        return torch.sigmoid(logit), feat
+
+
+class BackgroundOnnx(nn.Module):
+    def __init__(self, student):
+        super().__init__()
+        self.m = student
+
+    def forward(self, background, crop_box):
+        roi, emb = self.m.encode_background(background, crop_box)
+        return self.m.head.bg_part(roi), emb
+
+
+class ForegroundOnnx(nn.Module):
+    def __init__(self, student):
+        super().__init__()
+        self.m = student
+
+    def forward(self, foreground):
+        fmap, emb = self.m.encode_foreground(foreground)
+        return self.m.head.fg_part(fmap), emb
+
+
+class HeadOnnx(nn.Module):
+    def __init__(self, student):
+        super().__init__()
+        self.m = student
+
+    def forward(self, bg_part, fg_part, geom):
+        _, logit = self.m.head.finish(bg_part, fg_part, geom if self.m.cfg.geometry else None)
+        return torch.sigmoid(logit)
+
+
+def graph_specs(teacher, student, pcfg: PreprocessCfg, batch: int = 2) -> dict:
+    """name -> (wrapper, example inputs (ordered dict), output names, dynamic input names)."""
+    s = pcfg.image_size
+    d, a = student.dim, student.cfg.align_size
+    g = torch.Generator().manual_seed(0)
+    img = lambda: torch.rand(batch, 3, s, s, generator=g) * 2 - 1  # noqa: E731
+    box = torch.tensor([[20.0, 30.0, 180.0, 200.0]] * batch)
+    return {
+        "teacher": (TeacherOnnx(teacher), {"composite": img(), "geom": torch.rand(batch, 3, generator=g)},
+                    ["score", "feat"]),
+        "student_bg": (BackgroundOnnx(student), {"background": img(), "crop_box": box}, ["bg_part", "emb"]),
+        "student_fg": (ForegroundOnnx(student), {"foreground": img()}, ["fg_part", "emb"]),
+        "student_head": (HeadOnnx(student), {"bg_part": torch.rand(1, d, a, a, generator=g),
+                                             "fg_part": torch.rand(batch, d, a, a, generator=g),
+                                             "geom": torch.rand(batch, 3, generator=g)}, ["score"]),
+    }
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str, fp16: bool) -> None:
+    """torch.onnx.export to a temporary name, onnx.checker, then rename (earlier files stay on failure)."""
+    import onnx
+
+    wrapper = copy.deepcopy(wrapper).eval()
+    args = tuple(inputs.values())
+    if fp16:
+        wrapper = wrapper.half()
+        args = tuple(x.half() for x in args)
+    dyn = {}
+    for name, x in inputs.items():
+        if name == "bg_part":
+            dyn[name] = {0: "bg_batch"}
+        else:
+            dyn[name] = {0: "batch"}
+    for o in outputs:
+        dyn[o] = {0: "batch"}
+    tmp = path + ".tmp"
+    with torch.no_grad():
+        torch.onnx.export(wrapper, args, tmp, input_names=list(inputs), output_names=outputs,
+                          dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+    model = onnx.load(tmp)
+    onnx.checker.check_model(model, full_check=True)
+    os.replace(tmp, path)
+
+
+def export_onnx(weights: str = "weights", out: str = "weights/onnx", fp16_too: bool = True,
+                check_images: list | None = None) -> dict:
+    """Export teacher and student graphs (float32, and float16 when ``fp16_too``); write ``manifest.json``."""
+    tpath, spath = os.path.join(weights, "teacher.safetensors"), os.path.join(weights, "student.safetensors")
+    teacher = load_checkpoint(tpath, model_name="teacher")
+    student = load_checkpoint(spath, model_name="student")
+    pcfg = student.preprocess_cfg
+    os.makedirs(out, exist_ok=True)
+    specs = graph_specs(teacher, student, pcfg)
+    src = {"teacher": {"path": os.path.abspath(tpath), "sha256": sha256(tpath)},
+           "student": {"path": os.path.abspath(spath), "sha256": sha256(spath)}}
+    manifest = {"opset": OPSET, "preprocess_cfg": pcfg.__dict__, "source_weights": src, "graphs": {},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    from tqdm import tqdm
+
+    jobs = [(n, p) for n in GRAPHS for p in (("float32", "float16") if fp16_too else ("float32",))]
+    for name, precision in tqdm(jobs, desc="export onnx", unit="graph"):
+        wrapper, inputs, outputs = specs[name]
+        fname = f"{name}.onnx" if precision == "float32" else f"{name}_fp16.onnx"
+        path = os.path.join(out, fname)
+        _export_one(wrapper, inputs, outputs, path, precision == "float16")
+        manifest["graphs"][f"{name}:{precision}"] = {
+            "file": fname, "precision": precision, "sha256": sha256(path),
+            "inputs": {k: ["batch" if i == 0 else s for i, s in enumerate(v.shape)] for k, v in inputs.items()},
+            "outputs": outputs, "source": "teacher" if name == "teacher" else "student"}
+    atomic_write_json(os.path.join(out, "manifest.json"), manifest)
+    return manifest
