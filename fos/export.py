@@ -150,3 +150,63 @@ def export_onnx(weights: str = "weights", out: str = "weights/onnx", fp16_too: b
             "outputs": outputs, "source": "teacher" if name == "teacher" else "student"}
     atomic_write_json(os.path.join(out, "manifest.json"), manifest)
     return manifest
+
+
+def real_inputs(data_root: str | None, n: int = 4, pcfg: PreprocessCfg | None = None) -> dict:
+    """Real test inputs for parity checks: ``n`` backgrounds with their boxes and ``n`` foregrounds.
+
+    From the S-FOSD test set of ``data_root`` when given, else from the app's example library.
+    """
+    import numpy as np
+
+    from fos.data import load_test
+    from fos.preprocess import geometry_features, load_image, norm_to_pixel_box, prepare_background, teacher_input
+
+    pcfg = pcfg or PreprocessCfg()
+    pairs = []
+    if data_root and os.path.isdir(data_root):
+        ts = load_test(data_root, "sfosd")
+        for cs in ts.categories.values():
+            for q, fg in zip(cs.queries, cs.fg_paths):
+                img = load_image(q.bg_path)
+                pairs.append((img, norm_to_pixel_box(q.bbox, *img.size), load_image(fg)))
+                break
+            if len(pairs) >= n:
+                break
+    else:
+        from fos.examples import example_pairs
+
+        pairs = example_pairs(n)
+    if not pairs:
+        raise RuntimeError("no real images found for the parity check (pass --data DATASET_ROOT)")
+    from fos.preprocess import foreground_input
+
+    bgs = [prepare_background(img, box, pcfg) for img, box, _ in pairs]
+    return {
+        "background": np.stack([b.tensor.numpy() for b in bgs]),
+        "crop_box": np.stack([b.crop_box_net.numpy() for b in bgs]),
+        "foreground": np.stack([foreground_input(f, pcfg).numpy() for _, _, f in pairs]),
+        "composite": np.stack([teacher_input(b, f, pcfg).numpy() for b, (_, _, f) in zip(bgs, pairs)]),
+        "geom": np.stack([geometry_features(b.box, f.size) for b, (_, _, f) in zip(bgs, pairs)]),
+    }
+
+
+def parity(weights: str, onnx_dir: str, precision: str, inputs: dict) -> dict[str, float]:
+    """Max |onnxruntime - torch| per graph output on real inputs."""
+    import numpy as np
+
+    from fos.runtime import OrtBackend, TorchBackend
+
+    tb, ob = TorchBackend(weights), OrtBackend(weights, onnx_dir, precision)
+    out = {}
+    tb_bg, ob_bg = tb.encode_background(inputs["background"], inputs["crop_box"]), ob.encode_background(
+        inputs["background"], inputs["crop_box"])
+    tb_fg, ob_fg = tb.encode_foreground(inputs["foreground"]), ob.encode_foreground(inputs["foreground"])
+    for name, a, b in (("student_bg.bg_part", tb_bg[0], ob_bg[0]), ("student_bg.emb", tb_bg[1], ob_bg[1]),
+                       ("student_fg.fg_part", tb_fg[0], ob_fg[0]), ("student_fg.emb", tb_fg[1], ob_fg[1])):
+        out[name] = float(np.abs(a - b).max())
+    g = inputs["geom"]
+    out["student_head.score"] = float(np.abs(tb.head(tb_bg[0][:1], tb_fg[0], g) - ob.head(tb_bg[0][:1], tb_fg[0], g)).max())
+    if os.path.exists(os.path.join(weights, "teacher.safetensors")):
+        out["teacher.score"] = float(np.abs(tb.teacher(inputs["composite"], g) - ob.teacher(inputs["composite"], g)).max())
+    return out

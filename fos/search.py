@@ -45,6 +45,27 @@ class Result:
     index: int  # position in the library
     student_score: float
     teacher_score: float | None = None
+    image: object = None  # a user's cutout (PIL), when the item is not in the library
+
+
+@dataclass
+class Query:
+    """An encoded background: what every ranking of it reuses."""
+
+    bg: PreparedBackground
+    bg_part: np.ndarray  # (1, D, a, a)
+    emb: np.ndarray  # (E,)
+    timings: dict[str, float]
+
+
+@dataclass
+class ExtraItem:
+    """A user's own cutout, encoded once and kept for the session."""
+
+    id: str
+    image: object  # PIL image
+    fg_part: np.ndarray | None
+    size: tuple[int, int]
 
 
 @dataclass
@@ -73,37 +94,53 @@ class SearchEngine:
         if len(library):
             self.store.add(library.emb.astype(np.float32), library.categories)
         self.sizes = np.array([[it["width"], it["height"]] for it in library.items], dtype=np.float64).reshape(-1, 2)
-        self._bg: PreparedBackground | None = None
+        self._q: Query | None = None
 
     # ------------------------------------------------------------------ query side
-    def set_background(self, image, box) -> dict[str, float]:
-        """Encode the background once; later :meth:`search` calls reuse it (any category, k)."""
+    def encode(self, image, box) -> Query:
+        """Encode a background and box once (thread-safe: the engine keeps no per-query state)."""
         t0 = time.perf_counter()
         bg = prepare_background(image, box, self.pcfg)
         t1 = time.perf_counter()
         bg_part, emb = self.backend.encode_background(bg.tensor[None].numpy(), bg.crop_box_net[None].numpy())
-        self._bg, self._bg_part, self._bg_emb = bg, bg_part, emb[0]
         t2 = time.perf_counter()
-        return {"preprocess": (t1 - t0) * 1e3, "background_encode": (t2 - t1) * 1e3}
+        return Query(bg, bg_part, emb[0], {"preprocess": (t1 - t0) * 1e3, "background_encode": (t2 - t1) * 1e3})
 
-    def geometry(self, idx: np.ndarray) -> np.ndarray:
-        """(N, 3) geometry features of library items ``idx`` against the current box."""
-        x1, y1, x2, y2 = self._bg.box
-        lb = np.log((x2 - x1) / (y2 - y1))
-        lf = np.log(self.sizes[idx, 0] / self.sizes[idx, 1])
-        return np.stack([np.full_like(lf, lb), lf, np.abs(lb - lf)], 1).astype(np.float32)
-
-    def score_indices(self, idx: np.ndarray) -> np.ndarray:
-        """Student scores of library items ``idx`` for the current background."""
-        out = []
-        for s in range(0, len(idx), self.cfg.head_batch):
-            part = idx[s:s + self.cfg.head_batch]
-            out.append(self.backend.head(self._bg_part, self.lib.fmap[part].astype(np.float32), self.geometry(part)))
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+    def set_background(self, image, box) -> dict[str, float]:
+        """Encode the background once; later :meth:`search` calls reuse it (any category, k)."""
+        self._q = self.encode(image, box)
+        return dict(self._q.timings)
 
     def search(self, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None) -> SearchOutput:
-        if self._bg is None:
+        if self._q is None:
             raise RuntimeError("call set_background(image, box) before search()")
+        return self.rank(self._q, category, k, prefilter_k, rerank)
+
+    def query(self, image, box, category: str, k: int = 10, **kw) -> SearchOutput:
+        q = self.encode(image, box)
+        out = self.rank(q, category, k, **kw)
+        out.timings_ms = {**q.timings, **out.timings_ms}
+        return out
+
+    @staticmethod
+    def geometry(q: Query, sizes: np.ndarray) -> np.ndarray:
+        """(N, 3) geometry features of foregrounds of ``sizes`` (N, 2) against the query box."""
+        x1, y1, x2, y2 = q.bg.box
+        lb = np.log((x2 - x1) / (y2 - y1))
+        lf = np.log(sizes[:, 0] / sizes[:, 1])
+        return np.stack([np.full_like(lf, lb), lf, np.abs(lb - lf)], 1).astype(np.float32)
+
+    def head_scores(self, q: Query, fg_part: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Student scores of cached foreground halves ``fg_part`` (N, D, a, a), in batches."""
+        out = []
+        for s in range(0, len(fg_part), self.cfg.head_batch):
+            part = slice(s, s + self.cfg.head_batch)
+            out.append(self.backend.head(q.bg_part, fg_part[part].astype(np.float32), self.geometry(q, sizes[part])))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def rank(self, q: Query, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None,
+             extra: list[ExtraItem] | None = None) -> SearchOutput:
+        """The cascade for one encoded query. ``extra``: the user's own cutouts, ranked with the library's."""
         if not category:
             raise InputError(f"no category chosen; the library has {self.lib.category_names()}")
         if k < 1:
@@ -112,40 +149,59 @@ class SearchEngine:
         nr = self.cfg.rerank if rerank is None else rerank
         t = {}
         t0 = time.perf_counter()
-        cand = self.lib.indices(category)
+        cand = self.lib.indices(category) if not extra else np.nonzero(self.lib.categories == category)[0]
         n_cand = len(cand)
         if kk and n_cand > kk:
-            cand, _ = self.store.search(self._bg_emb, kk, category)
+            cand, _ = self.store.search(q.emb, kk, category)
         t1 = time.perf_counter()
         t["prefilter"] = (t1 - t0) * 1e3
-        scores = self.score_indices(cand)
-        order = np.argsort(-scores, kind="stable")
+        scores = self.head_scores(q, self.lib.fmap[cand], self.sizes[cand])
+        results = [self._result(int(i), float(s)) for i, s in zip(cand, scores)]
+        if extra:
+            xs = self.head_scores(q, np.stack([e.fg_part for e in extra]), np.array([e.size for e in extra], float))
+            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image) for e, s in zip(extra, xs)]
+        results.sort(key=lambda r: -r.score)
         t2 = time.perf_counter()
         t["head"] = (t2 - t1) * 1e3
-        results = [self._result(int(cand[i]), float(scores[i])) for i in order]
         if nr:
             top = results[:nr]
-            ts = self._teacher_scores([r.index for r in top])
+            ts = self._teacher_scores(q, top)
             for r, s in zip(top, ts):
                 r.teacher_score = r.score = float(s)
             results = sorted(top, key=lambda r: -r.score) + results[nr:]
         t["rerank"] = (time.perf_counter() - t2) * 1e3
-        return SearchOutput(results[:k], t, n_cand, len(cand))
+        return SearchOutput(results[:k], t, n_cand + len(extra or []), len(results))
 
-    def _teacher_scores(self, indices: list[int]) -> np.ndarray:
-        imgs = [load_image(self.lib.items[i]["path"], "RGB", self.pcfg, what="foreground") for i in indices]
-        x = torch.stack([teacher_input(self._bg, im, self.pcfg) for im in imgs]).numpy()
-        return self.backend.teacher(x, self.geometry(np.array(indices)))
+    def _teacher_scores(self, q: Query, results: list[Result]) -> np.ndarray:
+        imgs = [r.image.convert("RGB") if r.image is not None else
+                load_image(r.path, "RGB", self.pcfg, what="foreground") for r in results]
+        x = torch.stack([teacher_input(q.bg, im, self.pcfg) for im in imgs]).numpy()
+        sizes = np.array([im.size for im in imgs], dtype=np.float64)
+        return self.backend.teacher(x, self.geometry(q, sizes))
 
     def _result(self, i: int, score: float) -> Result:
         it = self.lib.items[i]
         return Result(it["id"], it["category"], score, it["path"], i, score)
 
-    def query(self, image, box, category: str, k: int = 10, **kw) -> SearchOutput:
-        t = self.set_background(image, box)
-        out = self.search(category, k, **kw)
-        out.timings_ms = {**t, **out.timings_ms}
-        return out
+    def encode_extra(self, images: list, names: list[str]) -> tuple[list[ExtraItem], list[str]]:
+        """User cutouts -> cached :class:`ExtraItem` s (computed once); returns (items, problems)."""
+        from fos.preprocess import foreground_input, foreground_mask
+
+        items, problems, tensors = [], [], []
+        for img, name in zip(images, names):
+            try:
+                im = load_image(img, "RGBA", self.pcfg, what=f"foreground {name}")
+                if not foreground_mask(im).any():
+                    raise InputError(f"foreground {name} has no object pixels (all white or transparent)")
+                tensors.append(foreground_input(im, self.pcfg))
+                items.append(ExtraItem(name, im, None, im.size))
+            except InputError as e:
+                problems.append(str(e))
+        if tensors:
+            fg_part, _ = self.backend.encode_foreground(torch.stack(tensors).numpy())
+            for it, f in zip(items, fg_part):
+                it.fg_part = f
+        return items, problems
 
 
 def load_engine(library: str, weights: str = "weights", backend: str = "auto",

@@ -174,6 +174,8 @@ def test_prefilter_keeps_k_and_errors(fosd_lib, student_path, data_root):
     res = eng.query(bg_path, (20, 30, 180, 150), "sheep", k=10)
     assert res.n_scored == 3 and len(res.results) == 3
     assert {"background_encode", "prefilter", "head", "rerank"} <= res.timings_ms.keys()
+    eng.set_background(bg_path, (20, 30, 180, 150))
+    assert len(eng.search("cat", k=2).results) == 2
     with pytest.raises(LibraryError, match="'unicorn' has no items.*'cat'"):
         eng.search("unicorn")
     with pytest.raises(InputError, match="inside the"):

@@ -1,0 +1,264 @@
+"""Foreground object search demo (Gradio): ``python app.py`` locally, or as a Hugging Face Space.
+
+Loads once at start: the shipped weights (``weights/``), the best available backend (TensorRT, then
+ONNX Runtime, exporting the graphs once if needed, then torch) and the default foreground library
+(``assets/library``, encoded into ``weights/library`` on first start). A person uploads a background
+or picks an example, draws a box, picks a category, and sees the ranked cutouts with their composites.
+"""
+
+import logging
+import os
+import time
+import traceback
+
+import numpy as np
+from PIL import Image
+
+from fos.app_support import ensure_library
+from fos.data import DatasetError
+from fos.examples import load_examples
+from fos.library import LibraryError
+from fos.preprocess import InputError, load_image, paste_foreground, validate_box
+from fos.runtime import BackendError
+from fos.search import EngineCfg, SearchEngine
+
+log = logging.getLogger("fos.app")
+WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
+LIBRARY = os.environ.get("FOS_LIBRARY", os.path.join(WEIGHTS, "library"))
+BACKEND = os.environ.get("FOS_BACKEND", "auto")
+MAX_UPLOADS = 20
+USER_ERRORS = (InputError, LibraryError, BackendError, DatasetError, ValueError)
+
+try:  # the box-drawing component; a two-click fallback works without it
+    from gradio_image_annotation import image_annotator
+
+    HAVE_ANNOTATOR = True
+except ImportError:  # pragma: no cover - depends on the install
+    HAVE_ANNOTATOR = False
+
+
+def load_engine() -> SearchEngine:
+    t0 = time.time()
+    lib, backend = ensure_library(WEIGHTS, LIBRARY, backend=BACKEND)
+    eng = SearchEngine(lib, backend, EngineCfg())
+    log.info("ready in %.1fs: %d library items in %d categories, backend %s", time.time() - t0, len(lib),
+             len(lib.category_names()), backend.description)
+    return eng
+
+
+# --------------------------------------------------------------------------- request handling
+def parse_box_text(text: str | None):
+    if not text or not text.strip():
+        return None
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    if len(parts) != 4:
+        raise InputError(f"type the box as x1,y1,x2,y2 in pixels, got {text!r}")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"type the box as four numbers x1,y1,x2,y2, got {text!r}") from None
+
+
+def box_from_annotation(value) -> tuple[np.ndarray | None, tuple | None]:
+    if not value:
+        return None, None
+    img = value.get("image") if isinstance(value, dict) else None
+    boxes = value.get("boxes") or [] if isinstance(value, dict) else []
+    box = None
+    if boxes:
+        b = boxes[-1]
+        box = (b["xmin"], b["ymin"], b["xmax"], b["ymax"])
+    return img, box
+
+
+def composite_for(bg: Image.Image, box, r) -> Image.Image:
+    fg = r.image if r.image is not None else load_image(r.path, "RGBA")
+    try:
+        return paste_foreground(bg, box, fg)
+    except InputError:
+        return bg
+
+
+def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: int, uploads: list | None):
+    """Everything one search needs; returns (gallery, table rows, info markdown, first composite)."""
+    if image is None:
+        raise InputError("no background: upload an image or pick an example")
+    bg = load_image(image, "RGB", what="background")
+    if box is None:
+        raise InputError("no box: draw a box on the background (or type x1,y1,x2,y2)")
+    box = validate_box(box, *bg.size)
+    if not category:
+        raise InputError("no category: choose what kind of object should go in the box")
+    q = engine.encode(bg, box)
+    out = engine.rank(q, category, int(k), rerank=int(rerank), extra=uploads or None)
+    t0 = time.perf_counter()
+    gallery, rows = [], []
+    for rank, r in enumerate(out.results, 1):
+        comp = composite_for(bg, box, r)
+        src = "your upload" if r.image is not None else "library"
+        gallery.append((comp, f"#{rank} {r.score:.3f} {r.id}"))
+        rows.append([rank, r.id, round(r.score, 4), round(r.student_score, 4),
+                     "" if r.teacher_score is None else round(r.teacher_score, 4), src])
+    timings = {**q.timings, **out.timings_ms, "composites": (time.perf_counter() - t0) * 1e3}
+    info = (f"**backend:** {engine.backend.description} · **candidates:** {out.n_candidates} "
+            f"(scored {out.n_scored}) · **box:** {box}\n\n"
+            + " · ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
+    return gallery, rows, info, (gallery[0][0] if gallery else None)
+
+
+def build_demo(engine: SearchEngine):
+    import gradio as gr
+
+    cats = engine.lib.category_names()
+    examples = load_examples()
+
+    def user_error(e: Exception):
+        return gr.Error(str(e), print_exception=False)
+
+    def safe(fn):
+        def wrapped(*a):
+            try:
+                return fn(*a)
+            except USER_ERRORS as e:
+                raise user_error(e) from None
+            except gr.Error:
+                raise
+            except Exception as e:  # keep serving; the trace goes to the log, not the page
+                log.error("internal error: %s", traceback.format_exc())
+                raise gr.Error(f"internal error ({type(e).__name__}); the server logged the details",
+                               print_exception=False) from None
+        return wrapped
+
+    @safe
+    def on_upload_bg(file):
+        if file is None:
+            return gr.update()
+        img = load_image(file, "RGB", what="background")
+        w, h = img.size
+        arr = np.asarray(img)
+        box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
+        if HAVE_ANNOTATOR:
+            return {"image": arr, "boxes": [{"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3],
+                                            "label": "object", "color": (255, 64, 64)}]}
+        return arr
+
+    @safe
+    def on_upload_fg(files, state):
+        state = dict(state or {})
+        if not files:
+            return state, "no foregrounds uploaded"
+        files = files[:MAX_UPLOADS]
+        names = [os.path.basename(getattr(f, "name", str(f))) for f in files]
+        items, problems = engine.encode_extra([getattr(f, "name", f) for f in files], names)
+        state["items"] = items
+        msg = f"{len(items)} foreground(s) encoded once for this session"
+        if problems:
+            msg += "; skipped: " + "; ".join(problems)
+        return state, msg
+
+    @safe
+    def on_search(annot, box_text, category, k, use_teacher, n_rerank, state):
+        if HAVE_ANNOTATOR:
+            image, box = box_from_annotation(annot)
+        else:
+            image, box = annot, (state or {}).get("clicks_box")
+        typed = parse_box_text(box_text)
+        box = typed if typed is not None else box
+        uploads = (state or {}).get("items")
+        gallery, rows, info, big = run_search(engine, image, box, category, k, n_rerank if use_teacher else 0, uploads)
+        return gallery, rows, info, big
+
+    def on_select(evt: gr.SelectData, gallery):
+        if gallery and evt.index is not None:
+            item = gallery[evt.index]
+            return item[0] if isinstance(item, (list, tuple)) else item
+        return None
+
+    with gr.Blocks(title="Foreground object search") as demo:
+        gr.Markdown("# Foreground object search (DiscoFOS)\nUpload a background (or pick an example), draw a box "
+                    "where an object should go, choose its category, and get the library's cutouts ranked by how "
+                    "well they fit (viewpoint, scale, lighting, style), with a composite of each.")
+        state = gr.State({})
+        with gr.Row():
+            with gr.Column(scale=3):
+                if HAVE_ANNOTATOR:
+                    first = examples[0] if examples else None
+                    value = None
+                    if first:
+                        b = first["box"]
+                        value = {"image": first["image"], "boxes": [{"xmin": b[0], "ymin": b[1], "xmax": b[2],
+                                                                      "ymax": b[3], "label": "object",
+                                                                      "color": (255, 64, 64)}]}
+                    annot = image_annotator(value=value, label="Background: drag to draw the box", single_box=True,
+                                            sources=[], image_type="numpy", label_list=["object"],
+                                            label_colors=[(255, 64, 64)], show_download_button=False,
+                                            elem_id="annotator")
+                else:
+                    annot = gr.Image(label="Background: click two corners of the box", type="numpy",
+                                     sources=[], elem_id="annotator")
+                bg_file = gr.File(label="Upload a background (PNG or JPEG)", file_types=["image"], elem_id="bg_upload")
+                box_text = gr.Textbox(label="or type the box: x1,y1,x2,y2 (pixels)", placeholder="e.g. 80,44,253,176",
+                                      elem_id="box_text")
+            with gr.Column(scale=2):
+                category = gr.Dropdown(cats, value=(examples[0]["category"] if examples else cats[0]),
+                                       label="Category", elem_id="category")
+                k = gr.Slider(1, 20, value=8, step=1, label="How many results")
+                use_teacher = gr.Checkbox(False, label="Rerank the top N with the teacher (slower, more accurate)")
+                n_rerank = gr.Slider(1, 20, value=5, step=1, label="N for teacher rerank")
+                fg_files = gr.File(label="Your own foregrounds (PNG with alpha, or object on white)",
+                                   file_count="multiple", file_types=["image"], elem_id="fg_upload")
+                fg_msg = gr.Markdown()
+                btn = gr.Button("Search", variant="primary", elem_id="search")
+        info = gr.Markdown(elem_id="info")
+        with gr.Row():
+            gallery = gr.Gallery(label="Ranked composites", columns=4, height=420, elem_id="gallery")
+            big = gr.Image(label="Selected composite", interactive=False, elem_id="big")
+        table = gr.Dataframe(headers=["rank", "id", "score", "student", "teacher", "source"], label="Ranking",
+                             elem_id="table")
+        if examples:
+            ex_choice = gr.Dropdown([f"{e['category']}: {e['file']}" for e in examples], label="Examples",
+                                    elem_id="examples")
+
+            def pick(name):
+                e = examples[[f"{x['category']}: {x['file']}" for x in examples].index(name)]
+                b = e["box"]
+                if HAVE_ANNOTATOR:
+                    v = {"image": e["image"], "boxes": [{"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3],
+                                                         "label": "object", "color": (255, 64, 64)}]}
+                else:
+                    v = e["image"]
+                return v, e["category"], ""
+
+            ex_choice.change(pick, ex_choice, [annot, category, box_text], api_name="example")
+        if not HAVE_ANNOTATOR:
+            def click(evt: gr.SelectData, st):
+                st = dict(st or {})
+                pts = st.get("clicks", [])[-1:] + [tuple(evt.index)]
+                st["clicks"] = pts
+                if len(pts) == 2:
+                    (x1, y1), (x2, y2) = pts
+                    st["clicks_box"] = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+                    st["clicks"] = []
+                return st, ",".join(str(v) for v in st.get("clicks_box", ())) or ""
+
+            annot.select(click, state, [state, box_text])
+        bg_file.upload(on_upload_bg, bg_file, annot, api_name="upload_background")
+        fg_files.upload(on_upload_fg, [fg_files, state], [state, fg_msg], api_name="upload_foregrounds")
+        btn.click(on_search, [annot, box_text, category, k, use_teacher, n_rerank, state],
+                  [gallery, table, info, big], api_name="search", concurrency_limit=2)
+        gallery.select(on_select, gallery, big, api_name=False)
+    return demo
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    engine = load_engine()
+    demo = build_demo(engine)
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+                server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),
+                max_file_size="20mb", show_error=True)
+
+
+if __name__ == "__main__":
+    main()

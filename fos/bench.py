@@ -1,0 +1,247 @@
+"""Benchmarks (print a table, write JSON). Timings are measured side by side in one run.
+
+* ``python -m fos.bench retrieval``: per-stage latency and queries/s of the search cascade for
+  libraries of 1k, 10k and 100k items, against the official evaluation's way (both encoders rerun for
+  every pair) and the teacher on every pair; plus Recall@1 on msrc-fos as the prefilter K varies.
+* ``python -m fos.bench latency --backend torch,onnxruntime --batch 1,8,64``: p50/p90 ms and items/s
+  per graph and backend.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from fos.checkpoint import atomic_write_json
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def timeit(fn, min_iters: int = 5, min_seconds: float = 1.0, warmup: int = 2) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    t_end = time.perf_counter() + min_seconds
+    while len(times) < min_iters or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 1000:
+            break
+    a = np.array(times)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "iters": len(a)}
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cells = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.rjust(x) for v, x in zip(r, w)) for r in cells)
+
+
+# --------------------------------------------------------------------------- latency
+def bench_latency(backends: list[str], batches: list[int], weights: str = "weights", seconds: float = 1.0,
+                  device: str = "cpu") -> list[dict]:
+    from fos.runtime import TorchBackend, get_backend
+
+    rows = []
+    made = {}
+    for name in backends:
+        if name == "torch" and device != "cpu":
+            made[f"torch-{device}-fp32"] = TorchBackend(weights, device=device)
+            made[f"torch-{device}-fp16"] = TorchBackend(weights, device=device, half=True)
+        else:
+            made[name] = get_backend(name, weights)
+    any_b = next(iter(made.values()))
+    s = any_b.preprocess_cfg.image_size
+    bg_part, _ = any_b.encode_background(np.zeros((1, 3, s, s), np.float32), np.array([[20, 20, 180, 200.0]], np.float32))
+    d = bg_part.shape[1:]
+    rng = np.random.default_rng(0)
+    for bs in batches:
+        img = rng.uniform(-1, 1, (bs, 3, s, s)).astype(np.float32)
+        box = np.tile(np.array([[20, 30, 180, 200.0]], np.float32), (bs, 1))
+        geom = rng.normal(size=(bs, 3)).astype(np.float32)
+        fgp = rng.uniform(0, 1, (bs, *d)).astype(np.float32)
+        bgp = fgp[:1].copy()
+        for label, b in made.items():
+            jobs = {
+                "teacher": lambda b=b: b.teacher(img, geom),
+                "student_bg": lambda b=b: b.encode_background(img, box),
+                "student_fg": lambda b=b: b.encode_foreground(img),
+                "student_head": lambda b=b: b.head(bgp, fgp, geom),
+            }
+            for graph, fn in jobs.items():
+                r = timeit(fn, min_seconds=seconds)
+                rows.append({"graph": graph, "backend": label, "batch": bs, **r,
+                             "items_per_s": bs / r["p50_ms"] * 1e3})
+                print(f"  {graph:13s} {label:22s} batch {bs:4d}: p50 {r['p50_ms']:.2f} ms", file=sys.stderr)
+    return rows
+
+
+# --------------------------------------------------------------------------- retrieval
+def synthetic_library(real, n: int, seed: int = 0):
+    """A library object with ``n`` synthetic items in one category (worst case: all are candidates)."""
+    from fos.library import Library
+
+    rng = np.random.default_rng(seed)
+    lib = Library.__new__(Library)
+    e = real.emb.shape[1]
+    emb = rng.normal(size=(n, e)).astype(np.float32)
+    lib.emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+    pick = rng.integers(0, len(real), n)
+    lib.fmap = real.fmap[pick]  # real foreground maps, resampled
+    lib.items = [dict(real.items[i], id=f"synthetic-{j}", category="bench") for j, i in enumerate(pick)]
+    lib.categories = np.array(["bench"] * n)
+    lib.ids = [it["id"] for it in lib.items]
+    lib.meta = dict(real.meta)
+    lib.root = "<synthetic>"
+    return lib
+
+
+def bench_retrieval(weights: str, library: str, sizes: list[int], k: int, rerank: int, backend: str,
+                    data: str | None, seconds: float) -> dict:
+    from fos.library import Library
+    from fos.preprocess import foreground_input, prepare_background, teacher_input
+    from fos.runtime import get_backend
+    from fos.search import EngineCfg, SearchEngine
+
+    b = get_backend(backend, weights)
+    real = Library(library)
+    ex = real.items[0]
+    from fos.examples import load_examples
+
+    exs = load_examples()
+    bg_img, box = (exs[0]["image"], exs[0]["box"]) if exs else (ex["path"], (0, 0, ex["width"], ex["height"]))
+    prep = prepare_background(bg_img, box, b.preprocess_cfg)
+    rows = []
+    # per-pair costs of the two slow ways, measured on one batch, scaled linearly by library size
+    fg_paths = [it["path"] for it in real.items[:32]]
+    fgs = np.stack([foreground_input(p, b.preprocess_cfg).numpy() for p in fg_paths])
+    bgs = np.repeat(prep.tensor[None].numpy(), len(fgs), 0)
+    boxes = np.repeat(prep.crop_box_net[None].numpy(), len(fgs), 0)
+    geom = np.zeros((len(fgs), 3), np.float32)
+
+    def official_pairs():  # both encoders rerun for every pair, then the head
+        bp, _ = b.encode_background(bgs, boxes)
+        fp, _ = b.encode_foreground(fgs)
+        return b.head(bp, fp, geom)
+
+    def teacher_pairs():  # composite + teacher forward for every pair
+        x = np.stack([teacher_input(prep, p, b.preprocess_cfg).numpy() for p in fg_paths])
+        return b.teacher(x, geom)
+
+    per_pair_official = timeit(official_pairs, 3, seconds)["p50_ms"] / len(fgs)
+    per_pair_teacher = timeit(teacher_pairs, 3, seconds)["p50_ms"] / len(fgs)
+    for n in sizes:
+        lib = synthetic_library(real, n)
+        eng = SearchEngine(lib, b, EngineCfg(prefilter_k=k))
+        stages: dict[str, list[float]] = {}
+
+        def query():
+            out = eng.query(bg_img, box, "bench", k=10, rerank=rerank)
+            for st, v in out.timings_ms.items():
+                stages.setdefault(st, []).append(v)
+
+        r = timeit(query, 5, seconds)
+        row = {"items": n, "K": k, "end_to_end_ms": r["p50_ms"], "qps": 1e3 / r["p50_ms"],
+               **{f"{st}_ms": float(np.median(v)) for st, v in stages.items()},
+               "official_every_pair_ms": per_pair_official * n, "teacher_every_pair_ms": per_pair_teacher * n}
+        row["speedup_vs_teacher"] = row["teacher_every_pair_ms"] / row["end_to_end_ms"]
+        row["speedup_vs_official"] = row["official_every_pair_ms"] / row["end_to_end_ms"]
+        rows.append(row)
+        print(f"  {n} items: {r['p50_ms']:.1f} ms/query", file=sys.stderr)
+    recall = recall_vs_k(b, data, [1, 3, 5, 10, 20, 0]) if data and os.path.isdir(data) else []
+    return {"machine": machine(), "backend": b.description, "rows": rows, "recall_vs_k": recall,
+            "per_pair_ms": {"official_both_encoders": per_pair_official, "teacher": per_pair_teacher},
+            "note": "scale points use synthetic items in one category (all are candidates); the two "
+                    "every-pair columns are per-pair times measured on a batch of 32 real pairs, times n"}
+
+
+def recall_vs_k(backend, data: str, ks: list[int]) -> list[dict]:
+    """Recall@1 on msrc-fos test queries against a library of all msrc-fos cutouts (train + test),
+    as the prefilter K varies (0 = every candidate)."""
+    import tempfile
+
+    from fos.data import load_sfosd_test
+    from fos.library import Library, write_library
+    from fos.preprocess import load_image, norm_to_pixel_box
+    from fos.search import EngineCfg, SearchEngine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_library(backend, data, os.path.join(tmp, "lib"), progress=False)
+        lib = Library(os.path.join(tmp, "lib"))
+        ts = load_sfosd_test(data)
+        out = []
+        eng = SearchEngine(lib, backend, EngineCfg())
+        per_query = []
+        for cat, cs in ts.categories.items():
+            for q in cs.queries:
+                img = load_image(q.bg_path)
+                eng.set_background(img, norm_to_pixel_box(q.bbox, *img.size))
+                per_query.append((cat, q.name, {kk: eng.search(cat, 1, prefilter_k=kk).results[0].id for kk in ks}))
+        for kk in ks:
+            per_cat: dict[str, list[float]] = {}
+            for cat, name, top in per_query:
+                per_cat.setdefault(cat, []).append(float(top[kk] == name))
+            out.append({"K": kk or "all", "recall@1": float(np.mean([np.mean(v) for v in per_cat.values()])),
+                        "library_items": len(lib), "queries": len(per_query)})
+        return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fos.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["retrieval", "latency"])
+    p.add_argument("--weights", default="weights")
+    p.add_argument("--backend", default=None, help="retrieval: one backend (default auto); latency: a comma list")
+    p.add_argument("--batch", default="1,8,64")
+    p.add_argument("--device", default="cpu", help="latency: torch device (cuda adds torch fp32 and fp16 rows)")
+    p.add_argument("--library", default="weights/library", help="retrieval: a built library (real feature maps)")
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--rerank", type=int, default=0)
+    p.add_argument("--data", default="../shared/data/msrc-fos", help="retrieval: dataset for the Recall@1-vs-K table")
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per point")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.what == "latency":
+        rows = bench_latency((a.backend or "torch,onnxruntime").split(","), [int(x) for x in a.batch.split(",")],
+                             a.weights, a.seconds, a.device)
+        res = {"machine": machine(), "rows": rows}
+        print(f"machine: {res['machine']}")
+        print(table(rows, ["graph", "backend", "batch", "p50_ms", "p90_ms", "items_per_s"]))
+    else:
+        from fos.app_support import ensure_library
+
+        ensure_library(a.weights, a.library, backend=a.backend or "auto")
+        res = bench_retrieval(a.weights, a.library, [int(x) for x in a.sizes.split(",")], a.k, a.rerank,
+                              a.backend or "auto", a.data, a.seconds)
+        print(f"machine: {res['machine']}; backend: {res['backend']}")
+        print(table(res["rows"], ["items", "K", "end_to_end_ms", "qps", "background_encode_ms", "prefilter_ms",
+                                  "head_ms", "rerank_ms", "teacher_every_pair_ms", "speedup_vs_teacher",
+                                  "official_every_pair_ms", "speedup_vs_official"]))
+        if res["recall_vs_k"]:
+            print(table(res["recall_vs_k"], ["K", "recall@1", "library_items", "queries"]))
+    out = a.json or f"runs/bench_{a.what}.json"
+    atomic_write_json(out, res)
+    print(f"wrote {os.path.abspath(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
