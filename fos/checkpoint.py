@@ -52,6 +52,17 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         raise
 
 
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def sidecar(path: str) -> str:
     return os.path.splitext(path)[0] + ".json"
 

@@ -14,16 +14,16 @@ input too (ignored), so every backend has one signature.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
 import time
+import warnings
 
 import torch
 from torch import nn
 
-from fos.checkpoint import atomic_write_json, load_checkpoint
+from fos.checkpoint import atomic_write_json, file_sha256 as sha256, load_checkpoint
 from fos.config import PreprocessCfg
 
 log = logging.getLogger("fos.export")
@@ -89,14 +89,6 @@ def graph_specs(teacher, student, pcfg: PreprocessCfg, batch: int = 2) -> dict:
     }
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str, fp16: bool) -> None:
     """torch.onnx.export to a temporary name, onnx.checker, then rename (earlier files stay on failure)."""
     import onnx
@@ -115,12 +107,16 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
     for o in outputs:
         dyn[o] = {0: "batch"}
     tmp = path + ".tmp"
-    with torch.no_grad():
-        torch.onnx.export(wrapper, args, tmp, input_names=list(inputs), output_names=outputs,
-                          dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
-    model = onnx.load(tmp)
-    onnx.checker.check_model(model, full_check=True)
-    os.replace(tmp, path)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed by PreprocessCfg
+            torch.onnx.export(wrapper, args, tmp, input_names=list(inputs), output_names=outputs,
+                              dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def export_onnx(weights: str = "weights", out: str = "weights/onnx", fp16_too: bool = True,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fos.checkpoint import WeightsError, atomic_write_json
+from fos.checkpoint import WeightsError, atomic_write_json, file_sha256
 from fos.runtime import BackendError, get_backend
 from fos.data import DatasetError, read_json
 from fos.preprocess import InputError, foreground_input, foreground_mask, load_image
@@ -47,14 +46,6 @@ SHARD = 256
 
 class LibraryError(ValueError):
     """A missing, corrupt or mismatched library, or bad library sources."""
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -75,8 +66,7 @@ def _fosd_items(root: str) -> list[SourceItem]:
             for name, e in read_json(p).items():
                 if not isinstance(e, dict) or "class" not in e:
                     raise DatasetError(f"{p}: entry {name!r}: missing 'class'")
-                items.setdefault(name, SourceItem(name, e["class"], os.path.join(root, "train", "fg", name),
-                                                  _existing_mask(root, "train", name)))
+                items.setdefault(name, SourceItem(name, e["class"], os.path.join(root, "train", "fg", name)))
             break
     for labels in ("test_set1.json", "test.json"):
         p = os.path.join(root, "test", "labels", labels)
@@ -98,11 +88,6 @@ def _fosd_items(root: str) -> list[SourceItem]:
     if not items:
         raise LibraryError(f"{root}: a FOSD dataset root needs train/labels/train_sfosd.json or test/labels/test_set1.json")
     return list(items.values())
-
-
-def _existing_mask(root: str, split: str, name: str) -> str | None:
-    """Full-size FOSD masks do not match the cropped cutout, so they are not used as cutout masks."""
-    return None
 
 
 def _folder_items(src: str) -> list[SourceItem]:

@@ -20,7 +20,7 @@ import os
 import numpy as np
 import torch
 
-from fos.checkpoint import WeightsError, load_checkpoint
+from fos.checkpoint import WeightsError, file_sha256, load_checkpoint
 from fos.config import PreprocessCfg
 
 log = logging.getLogger("fos.runtime")
@@ -37,12 +37,6 @@ def have(module: str) -> bool:
 
 def weights_paths(weights: str) -> tuple[str, str]:
     return os.path.join(weights, "teacher.safetensors"), os.path.join(weights, "student.safetensors")
-
-
-def file_sha(path: str) -> str:
-    from fos.export import sha256
-
-    return sha256(path)
 
 
 class Backend:
@@ -79,7 +73,7 @@ class TorchBackend(Backend):
         if first is None:  # load one model now: its config (and the student's sha) identify the weights
             if os.path.isfile(self._spath) or not os.path.isfile(self._tpath):
                 first = self.s
-                self.student_sha256 = file_sha(self._spath)
+                self.student_sha256 = file_sha256(self._spath)
             else:
                 first = self.t
         elif student is not None:
@@ -151,9 +145,9 @@ def onnx_is_current(weights: str, onnx_dir: str, precision: str = "float32") -> 
         return False
     tpath, spath = weights_paths(weights)
     src = m.get("source_weights", {})
-    if src.get("student", {}).get("sha256") != file_sha(spath):
+    if src.get("student", {}).get("sha256") != file_sha256(spath):
         return False
-    if os.path.exists(tpath) and src.get("teacher", {}).get("sha256") != file_sha(tpath):
+    if os.path.exists(tpath) and src.get("teacher", {}).get("sha256") != file_sha256(tpath):
         return False
     return all(os.path.isfile(os.path.join(onnx_dir, g["file"])) for k, g in m["graphs"].items() if k.endswith(precision))
 
@@ -173,7 +167,26 @@ def ensure_onnx(weights: str = "weights", onnx_dir: str | None = None, fp16_too:
     return onnx_dir
 
 
-class OrtBackend(Backend):
+class GraphBackend(Backend):
+    """A backend that runs the four exported graphs by name (see :mod:`fos.export`)."""
+
+    def _run(self, graph: str, **inputs):
+        raise NotImplementedError
+
+    def encode_background(self, background, crop_box):
+        return self._run("student_bg", background=background, crop_box=crop_box)
+
+    def encode_foreground(self, foreground):
+        return self._run("student_fg", foreground=foreground)
+
+    def head(self, bg_part, fg_part, geom):
+        return self._run("student_head", bg_part=bg_part, fg_part=fg_part, geom=geom)
+
+    def teacher(self, composite, geom):
+        return self._run("teacher", composite=composite, geom=geom)[0]
+
+
+class OrtBackend(GraphBackend):
     name = "onnxruntime"
 
     def __init__(self, weights: str = "weights", onnx_dir: str | None = None, precision: str = "float32",
@@ -185,7 +198,7 @@ class OrtBackend(Backend):
         onnx_dir = onnx_dir or os.path.join(weights, "onnx")
         m = read_manifest(onnx_dir)
         _, spath = weights_paths(weights)
-        if os.path.exists(spath) and m["source_weights"]["student"]["sha256"] != file_sha(spath):
+        if os.path.exists(spath) and m["source_weights"]["student"]["sha256"] != file_sha256(spath):
             raise BackendError(f"the graphs in {onnx_dir} were exported from other weights than {spath}: "
                                "re-export with `python export/to_onnx.py`")
         self.student_sha256 = m["source_weights"]["student"]["sha256"]
@@ -220,18 +233,6 @@ class OrtBackend(Backend):
         outs = tuple(o.astype(np.float32) for o in outs)
         return outs if len(outs) > 1 else outs[0]
 
-    def encode_background(self, background, crop_box):
-        return self._run("student_bg", background=background, crop_box=crop_box)
-
-    def encode_foreground(self, foreground):
-        return self._run("student_fg", foreground=foreground)
-
-    def head(self, bg_part, fg_part, geom):
-        return self._run("student_head", bg_part=bg_part, fg_part=fg_part, geom=geom)
-
-    def teacher(self, composite, geom):
-        return self._run("teacher", composite=composite, geom=geom)[0]
-
 
 def get_backend(name: str = "auto", weights: str = "weights", **kw) -> Backend:
     """``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (TensorRT, then ONNX Runtime, then torch)."""
@@ -247,22 +248,16 @@ def get_backend(name: str = "auto", weights: str = "weights", **kw) -> Backend:
     if name != "auto":
         raise BackendError(f"unknown backend {name!r}; use auto, {', '.join(BACKENDS)}")
     tried = []
-    if have("tensorrt"):
+    for runtime in ("tensorrt", "onnxruntime"):
+        if not have(runtime):
+            tried.append(f"{runtime}: not installed")
+            continue
         try:
-            b = get_backend("tensorrt", weights)
+            b = get_backend(runtime, weights)
             log.info("backend auto: picked %s", b.description)
             return b
         except (BackendError, WeightsError, OSError) as e:
-            tried.append(f"tensorrt: {e}")
-    if have("onnxruntime"):
-        try:
-            b = get_backend("onnxruntime", weights)
-            log.info("backend auto: picked %s", b.description)
-            return b
-        except (BackendError, WeightsError, OSError) as e:
-            tried.append(f"onnxruntime: {e}")
-    else:
-        tried.append("onnxruntime: not installed")
+            tried.append(f"{runtime}: {e}")
     b = TorchBackend(weights)
     log.info("backend auto: picked %s (%s)", b.description, "; ".join(tried) or "no runtime installed")
     return b

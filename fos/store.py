@@ -16,7 +16,7 @@ import numpy as np
 
 def require(module: str, pip_name: str):
     if importlib.util.find_spec(module) is None:
-        raise RuntimeError(f"{module} is not installed: `pip install {pip_name}` (see requirements-extra.txt)")
+        raise RuntimeError(f"{module} is not installed: `pip install {pip_name}`")
     return importlib.import_module(module)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from fos.checkpoint import atomic_write_bytes, atomic_write_json
 from fos.config import PreprocessCfg
-from fos.runtime import Backend, BackendError, read_manifest
+from fos.runtime import BackendError, GraphBackend, read_manifest
 
 log = logging.getLogger("fos.trt")
 GRAPHS = ("teacher", "student_bg", "student_fg", "student_head")
@@ -108,7 +108,7 @@ def build_engine(onnx_dir: str, graph: str, out_dir: str, fp16: bool = False, mi
     return path
 
 
-class TrtBackend(Backend):
+class TrtBackend(GraphBackend):
     """Runs the four engines of ``engine_dir`` (default ``<weights>/trt``) with torch CUDA buffers."""
 
     name = "tensorrt"
@@ -181,15 +181,3 @@ class TrtBackend(Backend):
         self.stream.synchronize()
         res = tuple(outs[n].float().cpu().numpy() for n in OUTPUTS[graph])
         return res if len(res) > 1 else res[0]
-
-    def encode_background(self, background, crop_box):
-        return self._run("student_bg", background=background, crop_box=crop_box)
-
-    def encode_foreground(self, foreground):
-        return self._run("student_fg", foreground=foreground)
-
-    def head(self, bg_part, fg_part, geom):
-        return self._run("student_head", bg_part=bg_part, fg_part=fg_part, geom=geom)
-
-    def teacher(self, composite, geom):
-        return self._run("teacher", composite=composite, geom=geom)[0]

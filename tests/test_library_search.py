@@ -8,7 +8,8 @@ from PIL import Image
 
 import fos.library as L
 from fos.checkpoint import save_checkpoint
-from fos.library import Library, LibraryError, file_sha256, write_library
+from fos.checkpoint import file_sha256
+from fos.library import Library, LibraryError, write_library
 from fos.preprocess import InputError, foreground_input, geometry_features, prepare_background
 from fos.registry import build_model
 from fos.runtime import TorchBackend

@@ -1,0 +1,165 @@
+"""The app, launched for real in a subprocess and driven through gradio_client and a browser."""
+import concurrent.futures as cf
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BG = os.path.join(ROOT, "assets", "backgrounds", "1_14_s.jpg")
+BOX = {"xmin": 20, "ymin": 60, "xmax": 150, "ymax": 170, "label": "object", "color": "rgb(255, 64, 64)"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if not os.path.exists(os.path.join(ROOT, "weights", "student.safetensors")):
+        pytest.skip("shipped weights missing")
+    port = free_port()
+    work = tmp_path_factory.mktemp("app")
+    # the shipped weights, with the exported graphs and library built into a scratch copy
+    w = work / "weights"
+    w.mkdir()
+    for f in ("student.safetensors", "student.json", "teacher.safetensors", "teacher.json"):
+        shutil.copy(os.path.join(ROOT, "weights", f), w / f)
+    env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", FOS_WEIGHTS=str(w),
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = open(work / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("app exited:\n" + open(work / "app.log").read()[-3000:])
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("app did not start:\n" + open(work / "app.log").read()[-3000:])
+    yield url
+    proc.terminate()
+    proc.wait(20)
+    assert "Traceback" not in open(work / "app.log").read()
+
+
+def search(client, box=BOX, typed="", category="cow", k=5, teacher=False):
+    ann = {"image": handle_file(BG), "boxes": [box] if box else []}
+    return client.predict(ann, typed, category, k, teacher, 3, api_name="/search")
+
+
+def test_search_end_to_end(app_url):
+    c = Client(app_url, verbose=False)
+    gallery, table, info, big = search(c)
+    rows = table["data"]
+    assert len(gallery) == len(rows) == 5
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    scores = [r[2] for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert all(r[1].startswith("cow/") for r in rows)
+    size = Image.open(BG).size
+    for item in gallery:
+        assert Image.open(item["image"]).size == size  # composites at the background's size
+    assert Image.open(big).size == size
+    assert "backend:" in info and "background_encode" in info
+    # the teacher rerank fills the teacher column of the top 3
+    _, table, _, _ = search(c, teacher=True)
+    assert all(r[4] != "" for r in table["data"][:3]) and table["data"][3][4] == ""
+
+
+def test_bad_inputs_give_messages_and_the_app_keeps_serving(app_url, tmp_path):
+    c = Client(app_url, verbose=False)
+    cases = [
+        (dict(box=None), "no box"),
+        (dict(typed="10,10,9999,20"), "inside the 320x213 image"),
+        (dict(typed="50,50,51,51"), "too small"),
+        (dict(category=None), "no category"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(Exception, match=msg):
+            search(c, **kw)
+    big = tmp_path / "huge.png"
+    Image.new("RGB", (8000, 6000), (9, 9, 9)).save(big)
+    with pytest.raises(Exception, match="over the limit"):
+        c.predict(handle_file(str(big)), api_name="/upload_background")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    with pytest.raises(Exception, match="could not be read as an image"):
+        c.predict(handle_file(str(bad)), api_name="/upload_background")
+    white = tmp_path / "white.png"
+    Image.new("RGB", (50, 50), (255, 255, 255)).save(white)
+    msg = c.predict([handle_file(str(white))], api_name="/upload_foregrounds")
+    assert "0 foreground(s)" in msg and "no object pixels" in msg
+    assert len(search(c)[0]) == 5  # still serving
+
+
+def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
+    c = Client(app_url, verbose=False)
+    rgba = Image.new("RGBA", (60, 40), (0, 0, 0, 0))
+    rgba.paste(Image.new("RGBA", (40, 30), (120, 90, 60, 255)), (10, 5))
+    p = tmp_path / "mine.png"
+    rgba.save(p)
+    ann = {"image": handle_file(BG), "boxes": [BOX]}
+    job = c.submit([handle_file(str(p))], api_name="/upload_foregrounds")
+    assert "1 foreground(s) encoded" in job.result()
+    # gradio_client keeps the session, so the next call sees the uploaded cutout
+    gallery, table, _, _ = c.predict(ann, "", "cow", 20, False, 3, api_name="/search")
+    assert "mine.png" in [r[1] for r in table["data"]]
+    assert any(r[5] == "your upload" for r in table["data"])
+
+
+def test_eight_clients_at_once(app_url):
+    ref = [r[1] for r in search(Client(app_url, verbose=False))[1]["data"]]
+
+    def one(i):
+        return [r[1] for r in search(Client(app_url, verbose=False))[1]["data"]]
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(one, range(8)))
+    assert all(r == ref for r in results)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does)")
+def test_browser_draws_box_and_searches(app_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    shot = os.path.join(ROOT, "docs", "screenshot.png")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(app_url, wait_until="networkidle")
+        canvas = page.locator("#annotator canvas").first
+        canvas.wait_for(timeout=60_000)
+        bb = canvas.bounding_box()
+        # draw a new box by dragging on the image
+        page.mouse.move(bb["x"] + bb["width"] * 0.08, bb["y"] + bb["height"] * 0.3)
+        page.mouse.down()
+        page.mouse.move(bb["x"] + bb["width"] * 0.45, bb["y"] + bb["height"] * 0.85, steps=12)
+        page.mouse.up()
+        page.locator("#search").click()
+        page.locator("#gallery img").first.wait_for(timeout=60_000)
+        assert page.locator("#gallery img").count() >= 1
+        assert "backend:" in page.locator("#info").inner_text()
+        os.makedirs(os.path.dirname(shot), exist_ok=True)
+        page.screenshot(path=shot, full_page=True)
+        browser.close()
+    assert Image.open(shot).size[0] >= 1000
