@@ -60,6 +60,7 @@ class TrainCfg:
     epochs: int = 6
     batch_size: int = 8  # backgrounds per step
     num_neg: int = 3  # negatives per background
+    hard_neg: float = 0.0  # chance that a negative is drawn from the 2*num_neg closest in aspect ratio to the box
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster
     geom_prior: float = 4.0  # init the geometry weights at [0, 0, -prior]: start from the aspect ranking

@@ -150,6 +150,20 @@ def evaluate(ts: TestSet, scorer: Scorer, box_jitter: float = 0.0, seed: int = 0
             "per_category": per_cat}
 
 
+def average_runs(runs: list[dict]) -> dict:
+    """Mean of several :func:`evaluate` results (same test set, other box seeds), same keys."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    out = {"model": first["model"], "n_queries": first["n_queries"]}
+    for k in first:
+        if k not in ("model", "n_queries", "per_category"):
+            out[k] = float(np.mean([r[k] for r in runs]))
+    out["per_category"] = {c: {k: (v if k == "n_queries" else float(np.mean([r["per_category"][c][k] for r in runs])))
+                               for k, v in m.items()} for c, m in first["per_category"].items()}
+    return out
+
+
 def format_table(result: dict) -> str:
     keys = [k for k in result if k not in ("model", "n_queries", "per_category")]
     rows = [["category", "n", *keys]]
@@ -170,7 +184,8 @@ def main(argv=None) -> int:
                    help="run trained models through this backend (onnxruntime exports the graphs first if needed)")
     p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")
     p.add_argument("--box-jitter", type=float, default=0.0, help="loose-box protocol: enlarge boxes by up to this fraction")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the loose boxes (and of the random baseline)")
+    p.add_argument("--seeds", default=None, help="comma list of box seeds: metrics averaged over them (loose boxes)")
     p.add_argument("--threshold", type=float, default=1.2, help="R-FOSD aspect-ratio filter threshold")
     p.add_argument("--categories", help="comma-separated subset of categories")
     p.add_argument("--json", help="write the metrics here (atomically)")
@@ -184,13 +199,19 @@ def main(argv=None) -> int:
         scorer = make_scorer(a.model, a.weights, a.seed, a.backend)
         t0 = time.time()
         cats = a.categories.split(",") if a.categories else None
-        res = evaluate(ts, scorer, a.box_jitter, a.seed, a.threshold, cats)
+        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed]
+        runs = [evaluate(ts, scorer, a.box_jitter, sd, a.threshold, cats) for sd in seeds]
+        res = average_runs(runs)
     except (DatasetError, WeightsError, InputError, BackendError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     where = getattr(getattr(scorer, "backend", None), "description", "no network")
     print(f"{a.model} on {a.data} ({ts.kind}, box jitter {a.box_jitter}, {where}), {time.time() - t0:.1f}s")
     print(format_table(res))
+    if len(seeds) > 1:
+        keys = [k for k in res if k not in ("model", "n_queries", "per_category")]
+        print(f"over box seeds {seeds}: " + ", ".join(
+            f"{k} {res[k]:.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in keys))
     if a.json:
         atomic_write_json(a.json, res)
         print(f"wrote {os.path.abspath(a.json)}")

@@ -54,6 +54,11 @@ class PairDataset(Dataset):
             excluded = {r.name, *r.similars}
             pool = sorted({*r.dissimilars, *by_cat[r.category]} - excluded)
             self.neg_pool.append([n for n in pool if n in self.by_name])
+        self.fg_logar = {}
+        if cfg.hard_neg > 0:  # aspect ratios of all cutouts (image headers only)
+            for r in records:
+                with Image.open(r.fg_path) as im:
+                    self.fg_logar[r.name] = math.log(im.width / im.height)
         self.epoch = 0
 
     def __len__(self):
@@ -77,6 +82,10 @@ class PairDataset(Dataset):
         pos_name = rng.choice([r.name, *r.similars])
         pool = self.neg_pool[i]
         negs = [pool[j % len(pool)] for j in rng.sample(range(max(len(pool), self.cfg.num_neg)), self.cfg.num_neg)] if pool else []
+        if self.cfg.hard_neg > 0 and pool:  # aspect-matched negatives: shape alone cannot tell them apart
+            lb = math.log((box[2] - box[0]) / (box[3] - box[1]))
+            close = sorted(pool, key=lambda n: abs(self.fg_logar[n] - lb))[: 2 * self.cfg.num_neg]
+            negs = [rng.choice(close) if rng.random() < self.cfg.hard_neg else n for n in negs]
         if len(negs) < self.cfg.num_neg:
             raise DatasetError(f"training background {r.name!r} has no negatives (no dissimilars, no other foreground of {r.category!r})")
         fgs, comps, geoms = [], [], []
