@@ -191,7 +191,7 @@ def build_demo(engine: SearchEngine):
                                                                       "color": (255, 64, 64)}]}
                     annot = image_annotator(value=value, label="Background: drag to draw the box", single_box=True,
                                             sources=[], image_type="numpy", label_list=["object"],
-                                            label_colors=[(255, 64, 64)], show_download_button=False,
+                                            label_colors=[(255, 64, 64)], show_download_button=False, disable_edit_boxes=True,
                                             elem_id="annotator")
                 else:
                     annot = gr.Image(label="Background: click two corners of the box", type="numpy",

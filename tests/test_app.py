@@ -58,7 +58,8 @@ def app_url(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(20)
-    assert "Traceback" not in open(work / "app.log").read()
+    text = open(work / "app.log").read()
+    assert "Traceback" not in text, text[text.index("Traceback") - 500:][:4000]
 
 
 def search(client, box=BOX, typed="", category="cow", k=5, teacher=False):
@@ -146,19 +147,29 @@ def test_browser_draws_box_and_searches(app_url, tmp_path):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        page.goto(app_url, wait_until="networkidle")
+        page.goto(app_url, wait_until="domcontentloaded")
         canvas = page.locator("#annotator canvas").first
         canvas.wait_for(timeout=60_000)
         bb = canvas.bounding_box()
-        # draw a new box by dragging on the image
-        page.mouse.move(bb["x"] + bb["width"] * 0.08, bb["y"] + bb["height"] * 0.3)
+        # the example image (320x213) is fitted inside the canvas: find where it is drawn
+        iw, ih = Image.open(os.path.join(ROOT, "assets", "backgrounds", "12_12_s.jpg")).size
+        scale = min(bb["width"] / iw, bb["height"] / ih)
+        x0, y0 = bb["x"] + (bb["width"] - iw * scale) / 2, bb["y"] + (bb["height"] - ih * scale) / 2
+        # switch the annotator to its "Create box" tool, then drag a new box in the top-left part of the
+        # image, away from the example's box (80,44)-(253,176)
+        page.locator("#annotator button[aria-label='Create box']").click()
+        page.mouse.move(x0 + 0.04 * iw * scale, y0 + 0.04 * ih * scale)
         page.mouse.down()
-        page.mouse.move(bb["x"] + bb["width"] * 0.45, bb["y"] + bb["height"] * 0.85, steps=12)
+        page.mouse.move(x0 + 0.22 * iw * scale, y0 + 0.45 * ih * scale, steps=15)
         page.mouse.up()
         page.locator("#search").click()
         page.locator("#gallery img").first.wait_for(timeout=60_000)
-        assert page.locator("#gallery img").count() >= 1
-        assert "backend:" in page.locator("#info").inner_text()
+        page.wait_for_function("document.querySelector('#info') && document.querySelector('#info').innerText.includes('box:')")
+        info = page.locator("#info").inner_text()
+        assert page.locator("#gallery img").count() >= 1 and "backend:" in info
+        drawn = [int(v) for v in info.split("box:")[1].split("(")[1].split(")")[0].split(",")]
+        assert drawn != [80, 44, 253, 176], "the drawn box did not reach the search"
+        assert drawn[0] < 40 and drawn[1] < 40 and drawn[2] < 100, drawn
         os.makedirs(os.path.dirname(shot), exist_ok=True)
         page.screenshot(path=shot, full_page=True)
         browser.close()
