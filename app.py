@@ -8,8 +8,10 @@ or picks an example, draws a box, picks a category, and sees the ranked cutouts 
 
 import logging
 import os
+import tempfile
 import time
 import traceback
+import uuid
 
 import numpy as np
 from PIL import Image
@@ -27,6 +29,11 @@ WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
 LIBRARY = os.environ.get("FOS_LIBRARY", os.path.join(WEIGHTS, "library"))
 BACKEND = os.environ.get("FOS_BACKEND", "auto")
 MAX_UPLOADS = 20
+# Composites are written here under unique names and handed to Gradio as paths: Gradio copies a path
+# into its cache atomically, while returning PIL images makes it rewrite one content-hashed file per
+# identical image, which races with a concurrent download of that file (identical queries).
+OUT_DIR = os.path.join(tempfile.gettempdir(), f"fos-app-{os.getpid()}")
+OUT_TTL_S = 600
 USER_ERRORS = (InputError, LibraryError, BackendError, DatasetError, ValueError)
 
 try:  # the box-drawing component; a two-click fallback works without it
@@ -79,6 +86,22 @@ def composite_for(bg: Image.Image, box, r) -> Image.Image:
         return bg
 
 
+def save_output(img: Image.Image) -> str:
+    """Write an output image under a unique name (pruning old ones) and return its path."""
+    os.makedirs(OUT_DIR, exist_ok=True)
+    now = time.time()
+    for f in os.listdir(OUT_DIR):
+        p = os.path.join(OUT_DIR, f)
+        try:
+            if now - os.path.getmtime(p) > OUT_TTL_S:
+                os.unlink(p)
+        except OSError:
+            pass
+    path = os.path.join(OUT_DIR, f"{uuid.uuid4().hex}.jpg")
+    img.save(path, quality=92)
+    return path
+
+
 def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: int, uploads: list | None):
     """Everything one search needs; returns (gallery, table rows, info markdown, first composite)."""
     if image is None:
@@ -94,7 +117,7 @@ def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: 
     t0 = time.perf_counter()
     gallery, rows = [], []
     for rank, r in enumerate(out.results, 1):
-        comp = composite_for(bg, box, r)
+        comp = save_output(composite_for(bg, box, r))
         src = "your upload" if r.image is not None else "library"
         gallery.append((comp, f"#{rank} {r.score:.3f} {r.id}"))
         rows.append([rank, r.id, round(r.score, 4), round(r.student_score, 4),
