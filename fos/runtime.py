@@ -7,8 +7,9 @@ Every backend takes and returns numpy float32 arrays:
 * ``head(bg_part (1|B,D,a,a), fg_part (B,D,a,a), geom (B,3)) -> score (B,)``
 * ``teacher(composite (B,3,S,S), geom (B,3)) -> score (B,)``
 
-``get_backend("auto")`` picks TensorRT, then ONNX Runtime, then torch, by what is installed and
-loadable, and says what it picked. onnxruntime and tensorrt are imported lazily.
+``get_backend("auto")`` picks by what is installed, loadable and present: with a GPU, TensorRT, then
+ONNX Runtime with its CUDA provider, then torch on CUDA; without one, ONNX Runtime, then torch. It logs
+what it picked and why. onnxruntime and tensorrt are imported lazily.
 """
 from __future__ import annotations
 
@@ -235,7 +236,11 @@ class OrtBackend(GraphBackend):
 
 
 def get_backend(name: str = "auto", weights: str = "weights", **kw) -> Backend:
-    """``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (TensorRT, then ONNX Runtime, then torch)."""
+    """``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``.
+
+    ``auto``: with a GPU, TensorRT, then ONNX Runtime with its CUDA provider, then torch on CUDA
+    (float16); without one, ONNX Runtime on CPU, then torch. It logs what it picked and why.
+    """
     if name == "torch":
         return TorchBackend(weights, **kw)
     if name == "onnxruntime":
@@ -248,16 +253,40 @@ def get_backend(name: str = "auto", weights: str = "weights", **kw) -> Backend:
     if name != "auto":
         raise BackendError(f"unknown backend {name!r}; use auto, {', '.join(BACKENDS)}")
     tried = []
-    for runtime in ("tensorrt", "onnxruntime"):
-        if not have(runtime):
-            tried.append(f"{runtime}: not installed")
-            continue
+
+    def attempt(runtime: str, **kw):
         try:
-            b = get_backend(runtime, weights)
+            b = get_backend(runtime, weights, **kw)
             log.info("backend auto: picked %s", b.description)
             return b
         except (BackendError, WeightsError, OSError) as e:
             tried.append(f"{runtime}: {e}")
+            return None
+
+    gpu = torch.cuda.is_available()
+    ort_gpu = False
+    if have("onnxruntime"):
+        import onnxruntime
+
+        ort_gpu = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if have("tensorrt") and gpu:
+        b = attempt("tensorrt")
+        if b:
+            return b
+    if ort_gpu:
+        b = attempt("onnxruntime")
+        if b:
+            return b
+    if gpu:  # a GPU but no GPU runtime: torch on CUDA beats onnxruntime on CPU
+        b = TorchBackend(weights, device="cuda", half=True)
+        log.info("backend auto: picked %s (no GPU runtime installed)", b.description)
+        return b
+    if have("onnxruntime"):
+        b = attempt("onnxruntime")
+        if b:
+            return b
+    else:
+        tried.append("onnxruntime: not installed")
     b = TorchBackend(weights)
     log.info("backend auto: picked %s (%s)", b.description, "; ".join(tried) or "no runtime installed")
     return b
