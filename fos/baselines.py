@@ -15,9 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fos.config import PreprocessCfg
-from fos.preprocess import (
-    PreparedBackground, context_crop, foreground_input, foreground_mask, pad_to_square, resize_square, to_tensor,
-)
+from fos.preprocess import PreparedBackground, context_crop, foreground_input, foreground_mask, to_tensor
 
 
 @dataclass
@@ -119,5 +117,3 @@ class ImageNetScorer(Scorer):
 
 
 BASELINES = {"random": RandomScorer, "aspect": AspectScorer, "color": ColorScorer, "imagenet": ImageNetScorer}
-
-__all__ = ["Candidates", "Scorer", "BASELINES", "pad_to_square", "resize_square"]

@@ -11,7 +11,6 @@ answer away; loose boxes are closer to what a person draws.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -25,11 +24,10 @@ from tqdm import tqdm
 from fos.baselines import BASELINES, Candidates, Scorer
 from fos.checkpoint import WeightsError, atomic_write_json, load_checkpoint, load_official_student
 from fos.runtime import Backend, BackendError, TorchBackend, get_backend
-from fos.config import PreprocessCfg
 from fos.data import DatasetError, TestSet, load_test
 from fos.metrics import average_over_categories, rfosd_metrics, sfosd_metrics
 from fos.preprocess import (
-    InputError, PreparedBackground, foreground_input, geometry_features, jitter_box, load_image,
+    InputError, foreground_input, geometry_features, jitter_box, load_image,
     norm_to_pixel_box, prepare_background, teacher_input,
 )
 

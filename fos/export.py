@@ -14,7 +14,6 @@ input too (ignored), so every backend has one signature.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
