@@ -68,6 +68,7 @@ class TorchBackend(Backend):
     def __init__(self, weights: str = "weights", device: str = "cpu", half: bool = False, student=None, teacher=None):
         self._tpath, self._spath = weights_paths(weights)
         self._s, self._t = student, teacher
+        self._moved: set[str] = set()  # models already loaded and moved to device/dtype
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         first = student if student is not None else teacher
@@ -84,19 +85,22 @@ class TorchBackend(Backend):
         self.weights = os.path.abspath(self._spath)
         self.description = f"torch ({self.device.type}, {'float16' if half else 'float32'})"
 
+    def _ready(self, attr: str, path: str, kind: str):
+        """The model in ``attr``, loaded from ``path`` if needed and moved to device/dtype once."""
+        if attr not in self._moved:
+            m = getattr(self, attr)
+            m = (m if m is not None else load_checkpoint(path, model_name=kind)).to(self.device, self.dtype).eval()
+            setattr(self, attr, m)
+            self._moved.add(attr)
+        return getattr(self, attr)
+
     @property
     def s(self):
-        if self._s is None:
-            self._s = load_checkpoint(self._spath, model_name="student")
-        self._s = self._s.to(self.device, self.dtype).eval()
-        return self._s
+        return self._ready("_s", self._spath, "student")
 
     @property
     def t(self):
-        if self._t is None:
-            self._t = load_checkpoint(self._tpath, model_name="teacher")
-        self._t = self._t.to(self.device, self.dtype).eval()
-        return self._t
+        return self._ready("_t", self._tpath, "teacher")
 
     def _in(self, x):
         return torch.as_tensor(np.asarray(x), device=self.device).to(self.dtype)
