@@ -279,7 +279,8 @@ def write_library(backend, src: str, out: str, mode: str = "build", batch_size: 
         else:
             shutil.rmtree(pending)
     done = set(state["done"])
-    todo = [it for it in items if it.id not in done and it.path not in {f[0] for f in state["failed"]}]
+    failed_paths = {f[0] for f in state["failed"]}
+    todo = [it for it in items if it.id not in done and it.path not in failed_paths]
     base_idx = len(meta["shards"]) + len(state["shards"])
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"library {mode}", unit="item",
                disable=not progress, dynamic_ncols=True)
