@@ -42,6 +42,10 @@ class ModelCfg:
     proj_dim: int | None = 128  # 1x1 projection of the backbone map; None keeps the backbone width
     embed_dim: int | None = 128  # linear embedding for the triplet loss / prefilter; None = pooled map
     geometry: bool = True  # feed box and foreground aspect ratios to the classifier
+    # projections and the distillation feature without ReLU. A ReLU projection trained at the heads'
+    # learning rate died (1 of 128 live channels in the background encoder); a linear map cannot.
+    # False (ReLU) is what checkpoints made before this field existed use.
+    linear_features: bool = False
     align_size: int = 7  # RoIAlign output size
     sampling_ratio: int = 2  # RoIAlign samples per bin side; <= 0 means adaptive (torchvision's -1)
 
@@ -60,6 +64,7 @@ class TrainCfg:
     epochs: int = 6
     batch_size: int = 8  # backgrounds per step
     num_neg: int = 3  # negatives per background
+    neg_bg: int = 0  # student: also score the positive cutout on this many other backgrounds of its class, as negatives
     hard_neg: float = 0.0  # chance that a negative is drawn from the 2*num_neg closest in aspect ratio to the box
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster

@@ -34,17 +34,23 @@ from fos.preprocess import (
 log = logging.getLogger("fos.evaluate")
 
 
+def _geometry(bg, cands, appearance_only: bool) -> np.ndarray:
+    """Geometry inputs of every candidate; zeros switch the (bias-free) geometry term off."""
+    g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+    return np.zeros_like(g) if appearance_only else g
+
+
 class TeacherScorer(Scorer):
     """One composite forward per (background, foreground) pair."""
 
     name = "teacher"
 
-    def __init__(self, backend: Backend):
-        self.backend, self.pcfg = backend, backend.preprocess_cfg
+    def __init__(self, backend: Backend, appearance_only: bool = False):
+        self.backend, self.pcfg, self.appearance_only = backend, backend.preprocess_cfg, appearance_only
 
     def score(self, bg, cands):
         x = torch.stack([teacher_input(bg, im, self.pcfg) for im in cands.images]).numpy()
-        g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+        g = _geometry(bg, cands, self.appearance_only)
         return np.concatenate([self.backend.teacher(x[s:s + 64], g[s:s + 64]) for s in range(0, len(x), 64)])
 
 
@@ -53,8 +59,8 @@ class StudentScorer(Scorer):
 
     name = "student"
 
-    def __init__(self, backend: Backend):
-        self.backend, self.pcfg = backend, backend.preprocess_cfg
+    def __init__(self, backend: Backend, appearance_only: bool = False):
+        self.backend, self.pcfg, self.appearance_only = backend, backend.preprocess_cfg, appearance_only
 
     def prepare(self, cands):
         x = torch.stack([foreground_input(im, self.pcfg) for im in cands.images]).numpy()
@@ -63,18 +69,21 @@ class StudentScorer(Scorer):
 
     def score(self, bg, cands):
         bg_part, _ = self.backend.encode_background(bg.tensor[None].numpy(), bg.crop_box_net[None].numpy())
-        g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+        g = _geometry(bg, cands, self.appearance_only)
         return self.backend.head(bg_part, cands.cache["fg_part"], g)
 
 
-def make_scorer(name: str, weights: str | None = None, seed: int = 0, backend: str = "torch") -> Scorer:
+def make_scorer(name: str, weights: str | None = None, seed: int = 0, backend: str = "torch",
+                appearance_only: bool = False) -> Scorer:
     """A baseline by name, or a trained model.
 
     ``weights``: a checkpoint file (torch backend) or a weights folder; default ``weights/``. With
     ``backend`` onnxruntime / tensorrt the exported graphs of that folder are used (exported first if
-    needed).
+    needed). ``appearance_only`` switches a trained model's geometry term off (an ablation).
     """
     if name in BASELINES:
+        if appearance_only:
+            raise InputError(f"--appearance-only applies to trained models (teacher, student), not to the {name!r} baseline")
         return BASELINES[name](seed) if name == "random" else BASELINES[name]()
     kind = "teacher" if name.startswith("teacher") else "student"
     if weights and os.path.isfile(weights):
@@ -94,8 +103,8 @@ def make_scorer(name: str, weights: str | None = None, seed: int = 0, backend: s
             raise WeightsError(f"weights {folder} not found (pass a checkpoint file or a folder with "
                                "teacher.safetensors and student.safetensors)")
         b = get_backend(backend, folder)
-    scorer = TeacherScorer(b) if kind == "teacher" else StudentScorer(b)
-    scorer.name = name
+    scorer = (TeacherScorer if kind == "teacher" else StudentScorer)(b, appearance_only)
+    scorer.name = name + (":appearance-only" if appearance_only else "")
     return scorer
 
 
@@ -186,6 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="comma list of box seeds: metrics averaged over them (loose boxes)")
     p.add_argument("--threshold", type=float, default=1.2, help="R-FOSD aspect-ratio filter threshold")
     p.add_argument("--categories", help="comma-separated subset of categories")
+    p.add_argument("--appearance-only", action="store_true",
+                   help="ablation: switch the geometry (aspect-ratio) term of a trained model off")
     p.add_argument("--json", help="write the metrics here (atomically)")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
@@ -194,7 +205,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     try:
         ts = load_test(a.data, a.set)
-        scorer = make_scorer(a.model, a.weights, a.seed, a.backend)
+        scorer = make_scorer(a.model, a.weights, a.seed, a.backend, a.appearance_only)
         t0 = time.time()
         cats = a.categories.split(",") if a.categories else None
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed]

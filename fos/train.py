@@ -39,7 +39,8 @@ class PairDataset(Dataset):
     """One item per training background: its inputs with 1 positive and ``num_neg`` negatives.
 
     Positives: the background's own foreground and its ``similars``. Negatives: ``dissimilars`` and
-    the other foregrounds of the same class. Randomness is seeded by (seed, epoch, index), so a resumed
+    the other foregrounds of the same class; with ``neg_bg`` > 0 also the positive on ``neg_bg`` other
+    backgrounds of the class, so that a cutout cannot score high whatever the background. Randomness is seeded by (seed, epoch, index), so a resumed
     run sees exactly the batches it would have seen.
     """
 
@@ -49,8 +50,9 @@ class PairDataset(Dataset):
         by_cat: dict[str, list[str]] = {}
         for r in records:
             by_cat.setdefault(r.category, []).append(r.name)
-        self.neg_pool = []
+        self.neg_pool, self.bg_pool = [], []
         for r in records:
+            self.bg_pool.append([n for n in by_cat[r.category] if n not in {r.name, *r.similars}])
             excluded = {r.name, *r.similars}
             pool = sorted({*r.dissimilars, *by_cat[r.category]} - excluded)
             self.neg_pool.append([n for n in pool if n in self.by_name])
@@ -93,15 +95,41 @@ class PairDataset(Dataset):
             fg = load_image(self.by_name[name].fg_path, what="foreground")
             if j == 0 and rng.random() < self.cfg.aug_prob:
                 fg = self._augment(fg, rng)
+            if j == 0:
+                pos_img = fg
             comps.append(to_tensor(composite_crop(prep, fg, self.pcfg), self.pcfg))
             geoms.append(torch.from_numpy(geometry_features(prep.box, fg.size)))
             if self.student_inputs:
                 fgs.append(foreground_input(fg, self.pcfg))
-        item = {"comp": torch.stack(comps), "geom": torch.stack(geoms),
-                "label": torch.tensor([1.0] + [0.0] * len(negs))}
+        labels = [1.0] + [0.0] * len(negs)
+        others = self._other_backgrounds(i, rng) if self.cfg.neg_bg > 0 else []
+        if not self.student_inputs:  # teacher: composites of the positive on other backgrounds, negatives
+            for oprep in others:
+                comps.append(to_tensor(composite_crop(oprep, pos_img, self.pcfg), self.pcfg))
+                geoms.append(torch.from_numpy(geometry_features(oprep.box, pos_img.size)))
+                labels.append(0.0)
+        item = {"comp": torch.stack(comps), "geom": torch.stack(geoms), "label": torch.tensor(labels)}
         if self.student_inputs:
             item.update(bg=prep.tensor, crop_box=prep.crop_box_net, fg=torch.stack(fgs))
+            if others:  # student: the positive cutout on other backgrounds, negatives (see step_losses)
+                item.update(nbg=torch.stack([o.tensor for o in others]),
+                            ncrop_box=torch.stack([o.crop_box_net for o in others]),
+                            ngeom=torch.stack([torch.from_numpy(geometry_features(o.box, pos_img.size)) for o in others]))
         return item
+
+
+    def _other_backgrounds(self, i: int, rng: random.Random) -> list:
+        """``neg_bg`` other backgrounds of record ``i``'s class (not its similars), boxes jittered alike."""
+        r, pool = self.records[i], self.bg_pool[i]
+        if not pool:
+            raise DatasetError(f"training background {r.name!r}: --neg-bg needs another background of class {r.category!r}")
+        out = []
+        for j in rng.sample(range(max(len(pool), self.cfg.neg_bg)), self.cfg.neg_bg):
+            o = self.by_name[pool[j % len(pool)]]
+            img = load_image(o.bg_path, what="background")
+            w, h = img.size
+            out.append(prepare_background(img, jitter_box(norm_to_pixel_box(o.bbox, w, h), w, h, self.cfg.box_jitter, rng), self.pcfg))
+        return out
 
 
 class ResumableSampler(Sampler):
@@ -167,7 +195,7 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     flat = lambda t: t.reshape(b * k, *t.shape[2:])  # noqa: E731
     if kind == "teacher":
         _, logit = model(flat(comp), flat(geom))
-        loss = bce(logit, flat(label), cfg.num_neg)
+        loss = bce(logit, flat(label), cfg.num_neg + cfg.neg_bg)
         return {"loss": loss, "bce": loss}
     roi, bg_emb = model.encode_background(batch["bg"], batch["crop_box"])  # (B, D, a, a), (B, E)
     fmap, fg_emb = model.encode_foreground(flat(batch["fg"]))  # (B*K, D, a, a), (B*K, E)
@@ -175,10 +203,17 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     with torch.no_grad():
         target, _ = teacher(flat(comp), flat(geom))
     fg_emb = fg_emb.view(b, k, -1)
+    label = flat(label)
+    if "nbg" in batch:  # the positive cutout scored on other backgrounds of its class: negatives too
+        nb = batch["nbg"].shape[1]
+        nroi, _ = model.encode_background(batch["nbg"].flatten(0, 1), batch["ncrop_box"].flatten(0, 1))
+        pos_fmap = fmap.view(b, k, *fmap.shape[1:])[:, 0].repeat_interleave(nb, 0)
+        _, nlogit = model.fuse(nroi, pos_fmap, batch["ngeom"].flatten(0, 1))
+        logit, label = torch.cat([logit, nlogit]), torch.cat([label, torch.zeros_like(nlogit)])
     parts = {
         "triplet": triplet_loss(bg_emb, fg_emb[:, 0], fg_emb[:, 1:], cfg.triplet_margin),
         "distill": F.l1_loss(feat, target),
-        "bce": bce(logit, flat(label), cfg.num_neg),
+        "bce": bce(logit, label, cfg.num_neg + cfg.neg_bg),
     }
     parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
     return parts

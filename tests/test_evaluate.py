@@ -74,6 +74,26 @@ def test_student_cached_scoring_equals_pairwise_forward(ts):
     assert np.allclose(fast, slow.numpy(), atol=1e-5)
 
 
+def test_appearance_only_removes_exactly_the_geometry_term(ts):
+    torch.manual_seed(0)
+    model = build_model("student", pretrained=False).eval()
+    with torch.no_grad():
+        model.head.geom_fc.weight.copy_(torch.tensor([[0.5, -0.25, -4.0]]))
+    full, app = E.StudentScorer(TorchBackend(student=model)), E.StudentScorer(TorchBackend(student=model), True)
+    cs = ts.categories["dog"]
+    cands = Candidates(cs.fg_names, [load_image(p) for p in cs.fg_paths], {})
+    full.prepare(cands)
+    q = cs.queries[0]
+    img = load_image(q.bg_path)
+    bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size))
+    g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731  (scores are sigmoids)
+    diff = logit(full.score(bg, cands).astype(np.float64)) - logit(app.score(bg, cands).astype(np.float64))
+    assert np.allclose(diff, g @ np.array([0.5, -0.25, -4.0]), atol=1e-3)
+    with pytest.raises(E.InputError, match="applies to trained models"):
+        E.make_scorer("aspect", appearance_only=True)
+
+
 def test_rfosd_fixture_metrics(tmp_path):
     write_rfosd_fixture(tmp_path)
     res = E.evaluate(load_test(str(tmp_path)), E.make_scorer("aspect"), progress=False)

@@ -61,6 +61,28 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(s(x, box, x, torch.zeros(2, 3)), s2(x, box, x, torch.zeros(2, 3)))
 
 
+def test_linear_features_and_configs_saved_before_the_field(tmp_path):
+    import json
+
+    s = build_model("student", pretrained=False).eval()
+    assert s.cfg.linear_features and not any(isinstance(m, torch.nn.ReLU) for m in s.bg_proj.modules())
+    with torch.no_grad():  # a linear distillation feature can be negative, as the teacher's linear map
+        s.head.conv2.bias.fill_(-100.0)
+        feat, _ = s.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 3))
+    assert (feat < 0).any()
+    path = str(tmp_path / "old.safetensors")
+    save_checkpoint(s, path)
+    side = tmp_path / "old.json"  # a sidecar written before linear_features existed: ReLU models
+    info = json.loads(side.read_text())
+    del info["model_cfg"]["linear_features"]
+    side.write_text(json.dumps(info))
+    old = load_checkpoint(path)
+    assert not old.cfg.linear_features and isinstance(old.bg_proj[1], torch.nn.ReLU)
+    with torch.no_grad():
+        feat, _ = old.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 3))
+    assert (feat >= 0).all()
+
+
 def test_weights_that_do_not_fit(tmp_path):
     t = build_model("teacher", pretrained=False)
     path = str(tmp_path / "t.safetensors")

@@ -72,3 +72,27 @@ def test_losses_hand_computed():
     n = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # distances 1 and 0
     # relu(0 - 1 + 0.1) = 0, relu(0 - 0 + 0.1) = 0.1 -> mean 0.05
     assert T.triplet_loss(a, p, n, 0.1).item() == pytest.approx(0.05)
+
+
+def test_negative_backgrounds(data_root):
+    from torch.utils.data import default_collate
+
+    from fos.config import PreprocessCfg
+    from fos.data import load_train
+
+    recs = [r for r in load_train(data_root) if r.category == "cat"][:3]
+    c = cfg(data_root, "unused", num_neg=1, neg_bg=1, aug_prob=0.0)
+    teacher_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=False)
+    item = teacher_ds[0]
+    # own cutout on its background (1), one other cutout (0), own cutout on another cat background (0)
+    assert item["comp"].shape == (3, 3, 224, 224) and item["label"].tolist() == [1.0, 0.0, 0.0]
+    assert not torch.equal(item["comp"][2], item["comp"][0])  # a different background around the cutout
+    student_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
+    s_item = student_ds[0]
+    assert s_item["nbg"].shape == (1, 3, 224, 224) and s_item["ngeom"].shape == (1, 3)
+    assert s_item["comp"].shape[0] == 2  # distillation targets only for the pairs on the own background
+    assert not torch.equal(s_item["nbg"][0], s_item["bg"])
+    batch = default_collate([student_ds[0], student_ds[1]])
+    parts = T.step_losses("student", build_model("student", pretrained=False), build_model("teacher", pretrained=False),
+                          batch, c)
+    assert all(torch.isfinite(v) for v in parts.values())

@@ -12,10 +12,11 @@ from fos.models.roi_align import roi_align
 STRIDE = 32  # both backbones downsample by 32: a 224 input gives a 7x7 map
 
 
-def _projection(cin: int, dim: int | None) -> nn.Module:
+def _projection(cin: int, dim: int | None, linear: bool) -> nn.Module:
+    """1x1 channel reduction; ``linear`` drops the ReLU (same parameter names either way)."""
     if dim is None:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(cin, dim, 1), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(cin, dim, 1)) if linear else nn.Sequential(nn.Conv2d(cin, dim, 1), nn.ReLU(inplace=True))
 
 
 class Teacher(nn.Module):
@@ -28,7 +29,7 @@ class Teacher(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.pretrained)
-        self.proj = _projection(self.backbone.out_channels, cfg.proj_dim)
+        self.proj = _projection(self.backbone.out_channels, cfg.proj_dim, cfg.linear_features)
         self.dim = cfg.proj_dim or self.backbone.out_channels
         self.fc = nn.Linear(self.dim, 1)
         self.geom_fc = nn.Linear(3, 1, bias=False) if cfg.geometry else None
@@ -54,8 +55,9 @@ class DistillHead(nn.Module):
     half can be computed once and reused (the concatenation never needs to exist).
     """
 
-    def __init__(self, dim: int, geometry: bool):
+    def __init__(self, dim: int, geometry: bool, linear_feature: bool = False):
         super().__init__()
+        self.linear_feature = linear_feature  # no ReLU on conv2: the feature matches a linear teacher map
         self.conv1 = nn.Conv2d(2 * dim, dim, 3, padding=1)
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
         self.classifier = nn.Conv2d(dim, 1, 1)
@@ -73,7 +75,7 @@ class DistillHead(nn.Module):
     def finish(self, bg_part: torch.Tensor, fg_part: torch.Tensor, geom: torch.Tensor | None = None):
         """Sum of the halves -> (distillation feature (N, D, a, a), logit (N,))."""
         h = F.relu(bg_part + fg_part)
-        feat = F.relu(self.conv2(h))
+        feat = self.conv2(h) if self.linear_feature else F.relu(self.conv2(h))
         logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
         if self.geom_fc is not None:
             if geom is None:
@@ -100,9 +102,9 @@ class Student(nn.Module):
         self.fg_encoder = Backbone(cfg.backbone, cfg.pretrained)
         cin = self.bg_encoder.out_channels
         self.dim = cfg.proj_dim or cin
-        self.bg_proj = _projection(cin, cfg.proj_dim)
-        self.fg_proj = _projection(cin, cfg.proj_dim)
-        self.head = DistillHead(self.dim, cfg.geometry)
+        self.bg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
+        self.fg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
+        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features)
         e = cfg.embed_dim
         self.bg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
         self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
