@@ -77,6 +77,11 @@ class TrainCfg:
     w_triplet: float = 1.0
     w_distill: float = 1.0
     w_bce: float = 1.0
+    # student: softmax over each background's candidates (own cutout first): cross-entropy to the own
+    # cutout (w_rank) and KL to the teacher's softmax over the same composites (w_kd). BCE alone lets
+    # the score split into a background term plus a cutout term, which ranks every query alike.
+    w_rank: float = 0.0
+    w_kd: float = 0.0
     teacher: str = "weights/teacher.safetensors"  # used by the student only
     seed: int = 0
     threads: int = 0  # torch threads, 0 = torch default

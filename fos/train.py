@@ -201,8 +201,11 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     fmap, fg_emb = model.encode_foreground(flat(batch["fg"]))  # (B*K, D, a, a), (B*K, E)
     feat, logit = model.fuse(roi.repeat_interleave(k, 0), fmap, flat(geom))
     with torch.no_grad():
-        target, _ = teacher(flat(comp), flat(geom))
+        target, t_logit = teacher(flat(comp), flat(geom))
     fg_emb = fg_emb.view(b, k, -1)
+    per_bg = logit.view(b, k)  # each background's candidates, own cutout first
+    rank = F.cross_entropy(per_bg, torch.zeros(b, dtype=torch.long))
+    kd = F.kl_div(F.log_softmax(per_bg, 1), F.log_softmax(t_logit.view(b, k), 1), log_target=True, reduction="batchmean")
     label = flat(label)
     if "nbg" in batch:  # the positive cutout scored on other backgrounds of its class: negatives too
         nb = batch["nbg"].shape[1]
@@ -216,6 +219,12 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
         "bce": bce(logit, label, cfg.num_neg + cfg.neg_bg),
     }
     parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
+    if cfg.w_rank:
+        parts["rank"] = rank
+        parts["loss"] = parts["loss"] + cfg.w_rank * rank
+    if cfg.w_kd:
+        parts["kd"] = kd
+        parts["loss"] = parts["loss"] + cfg.w_kd * kd
     return parts
 
 

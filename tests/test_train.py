@@ -81,7 +81,7 @@ def test_negative_backgrounds(data_root):
     from fos.data import load_train
 
     recs = [r for r in load_train(data_root) if r.category == "cat"][:3]
-    c = cfg(data_root, "unused", num_neg=1, neg_bg=1, aug_prob=0.0)
+    c = cfg(data_root, "unused", num_neg=1, neg_bg=1, aug_prob=0.0, w_rank=1.0, w_kd=0.5)
     teacher_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=False)
     item = teacher_ds[0]
     # own cutout on its background (1), one other cutout (0), own cutout on another cat background (0)
@@ -95,4 +95,7 @@ def test_negative_backgrounds(data_root):
     batch = default_collate([student_ds[0], student_ds[1]])
     parts = T.step_losses("student", build_model("student", pretrained=False), build_model("teacher", pretrained=False),
                           batch, c)
-    assert all(torch.isfinite(v) for v in parts.values())
+    assert all(torch.isfinite(v) for v in parts.values()) and {"rank", "kd"} <= parts.keys()
+    assert parts["loss"].item() == pytest.approx(
+        sum(parts[k].item() for k in ("triplet", "distill", "bce", "rank")) + 0.5 * parts["kd"].item(), rel=1e-5)
+    assert parts["kd"].item() >= 0 and parts["rank"].item() > 0  # KL is non-negative; CE of 2 finite logits > 0
