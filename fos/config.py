@@ -64,7 +64,7 @@ class TrainCfg:
     epochs: int = 6
     batch_size: int = 8  # backgrounds per step
     num_neg: int = 3  # negatives per background
-    neg_bg: int = 0  # student: also score the positive cutout on this many other backgrounds of its class, as negatives
+    neg_bg: int = 0  # also score the positive cutout on this many other backgrounds of its class, as negatives
     hard_neg: float = 0.0  # chance that a negative is drawn from the 2*num_neg closest in aspect ratio to the box
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster

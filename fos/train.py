@@ -40,8 +40,8 @@ class PairDataset(Dataset):
 
     Positives: the background's own foreground and its ``similars``. Negatives: ``dissimilars`` and
     the other foregrounds of the same class; with ``neg_bg`` > 0 also the positive on ``neg_bg`` other
-    backgrounds of the class, so that a cutout cannot score high whatever the background. Randomness is seeded by (seed, epoch, index), so a resumed
-    run sees exactly the batches it would have seen.
+    backgrounds of the class, so that a cutout cannot score high whatever the background. Randomness
+    is seeded by (seed, epoch, index), so a resumed run sees exactly the batches it would have seen.
     """
 
     def __init__(self, records: list[TrainRecord], cfg: TrainCfg, pcfg: PreprocessCfg, student_inputs: bool):
@@ -52,8 +52,8 @@ class PairDataset(Dataset):
             by_cat.setdefault(r.category, []).append(r.name)
         self.neg_pool, self.bg_pool = [], []
         for r in records:
-            self.bg_pool.append([n for n in by_cat[r.category] if n not in {r.name, *r.similars}])
             excluded = {r.name, *r.similars}
+            self.bg_pool.append([n for n in by_cat[r.category] if n not in excluded])
             pool = sorted({*r.dissimilars, *by_cat[r.category]} - excluded)
             self.neg_pool.append([n for n in pool if n in self.by_name])
         self.fg_logar = {}
@@ -116,7 +116,6 @@ class PairDataset(Dataset):
                             ncrop_box=torch.stack([o.crop_box_net for o in others]),
                             ngeom=torch.stack([torch.from_numpy(geometry_features(o.box, pos_img.size)) for o in others]))
         return item
-
 
     def _other_backgrounds(self, i: int, rng: random.Random) -> list:
         """``neg_bg`` other backgrounds of record ``i``'s class (not its similars), boxes jittered alike."""

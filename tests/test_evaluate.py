@@ -55,16 +55,20 @@ def test_cli_errors_are_one_line(data_root, tmp_path, capsys):
     assert "unknown categories ['unicorn']" in capsys.readouterr().err
 
 
+def first_query(ts, cat):
+    """The candidates of ``cat`` and its first query background (exact box)."""
+    cs = ts.categories[cat]
+    cands = Candidates(cs.fg_names, [load_image(p) for p in cs.fg_paths], {})
+    img = load_image(cs.queries[0].bg_path)
+    return cands, prepare_background(img, norm_to_pixel_box(cs.queries[0].bbox, *img.size))
+
+
 def test_student_cached_scoring_equals_pairwise_forward(ts):
     torch.manual_seed(0)
     model = build_model("student", pretrained=False).eval()
     scorer = E.StudentScorer(TorchBackend(student=model))
-    cs = ts.categories["cat"]
-    cands = Candidates(cs.fg_names, [load_image(p) for p in cs.fg_paths], {})
+    cands, bg = first_query(ts, "cat")
     scorer.prepare(cands)
-    q = cs.queries[0]
-    img = load_image(q.bg_path)
-    bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size))
     fast = scorer.score(bg, cands)
     n = len(cands.images)
     with torch.no_grad():
@@ -80,12 +84,8 @@ def test_appearance_only_removes_exactly_the_geometry_term(ts):
     with torch.no_grad():
         model.head.geom_fc.weight.copy_(torch.tensor([[0.5, -0.25, -4.0]]))
     full, app = E.StudentScorer(TorchBackend(student=model)), E.StudentScorer(TorchBackend(student=model), True)
-    cs = ts.categories["dog"]
-    cands = Candidates(cs.fg_names, [load_image(p) for p in cs.fg_paths], {})
+    cands, bg = first_query(ts, "dog")
     full.prepare(cands)
-    q = cs.queries[0]
-    img = load_image(q.bg_path)
-    bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size))
     g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
     logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731  (scores are sigmoids)
     diff = logit(full.score(bg, cands).astype(np.float64)) - logit(app.score(bg, cands).astype(np.float64))
