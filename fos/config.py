@@ -82,6 +82,7 @@ class TrainCfg:
     # the score split into a background term plus a cutout term, which ranks every query alike.
     w_rank: float = 0.0
     w_kd: float = 0.0
+    kd_on: str = "score"  # "score": the full logits; "appearance": both logits without their geometry terms
     teacher: str = "weights/teacher.safetensors"  # used by the student only
     seed: int = 0
     threads: int = 0  # torch threads, 0 = torch default

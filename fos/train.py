@@ -204,7 +204,16 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     fg_emb = fg_emb.view(b, k, -1)
     per_bg = logit.view(b, k)  # each background's candidates, own cutout first
     rank = F.cross_entropy(per_bg, torch.zeros(b, dtype=torch.long))
-    kd = F.kl_div(F.log_softmax(per_bg, 1), F.log_softmax(t_logit.view(b, k), 1), log_target=True, reduction="batchmean")
+    s_kd, t_kd = logit, t_logit
+    if cfg.kd_on == "appearance":  # what the networks see in the pixels, without the shared geometry cue
+        if model.head.geom_fc is not None:
+            s_kd = s_kd - model.head.geom_fc(flat(geom)).flatten()
+        if teacher.geom_fc is not None:
+            t_kd = t_kd - teacher.geom_fc(flat(geom)).flatten().detach()
+    elif cfg.kd_on != "score":
+        raise ValueError(f"--kd-on must be 'score' or 'appearance', got {cfg.kd_on!r}")
+    kd = F.kl_div(F.log_softmax(s_kd.view(b, k), 1), F.log_softmax(t_kd.view(b, k), 1), log_target=True,
+                  reduction="batchmean")
     label = flat(label)
     if "nbg" in batch:  # the positive cutout scored on other backgrounds of its class: negatives too
         nb = batch["nbg"].shape[1]

@@ -93,9 +93,22 @@ def test_negative_backgrounds(data_root):
     assert s_item["comp"].shape[0] == 2  # distillation targets only for the pairs on the own background
     assert not torch.equal(s_item["nbg"][0], s_item["bg"])
     batch = default_collate([student_ds[0], student_ds[1]])
-    parts = T.step_losses("student", build_model("student", pretrained=False), build_model("teacher", pretrained=False),
-                          batch, c)
+    student, teacher = build_model("student", pretrained=False), build_model("teacher", pretrained=False)
+    parts = T.step_losses("student", student, teacher, batch, c)
     assert all(torch.isfinite(v) for v in parts.values()) and {"rank", "kd"} <= parts.keys()
     assert parts["loss"].item() == pytest.approx(
         sum(parts[k].item() for k in ("triplet", "distill", "bce", "rank")) + 0.5 * parts["kd"].item(), rel=1e-5)
     assert parts["kd"].item() >= 0 and parts["rank"].item() > 0  # KL is non-negative; CE of 2 finite logits > 0
+    # KL on the appearance logits: the geometry terms are taken out of both sides
+    with torch.no_grad():
+        student.head.geom_fc.weight.fill_(3.0)
+        teacher.geom_fc.weight.fill_(-2.0)
+    app = T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, w_kd=1.0,
+                                                                 kd_on="appearance"))
+    with torch.no_grad():
+        student.head.geom_fc.weight.zero_()
+        teacher.geom_fc.weight.zero_()
+    zero = T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, w_kd=1.0))
+    assert app["kd"].item() == pytest.approx(zero["kd"].item(), rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="kd-on"):
+        T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, kd_on="pixels"))
