@@ -91,6 +91,10 @@ class TrainCfg:
     limit: int = 0  # use only the first N training backgrounds (0 = all)
     ckpt_every: int = 25  # steps between checkpoints (also at every epoch end)
 
+    def __post_init__(self):
+        if self.kd_on not in ("score", "appearance"):
+            raise ValueError(f"--kd-on must be 'score' or 'appearance', got {self.kd_on!r}")
+
     @classmethod
     def from_dict(cls, d):
         return _from_dict(cls, d)

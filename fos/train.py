@@ -202,19 +202,7 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     with torch.no_grad():
         target, t_logit = teacher(flat(comp), flat(geom))
     fg_emb = fg_emb.view(b, k, -1)
-    per_bg = logit.view(b, k)  # each background's candidates, own cutout first
-    rank = F.cross_entropy(per_bg, torch.zeros(b, dtype=torch.long))
-    s_kd, t_kd = logit, t_logit
-    if cfg.kd_on == "appearance":  # what the networks see in the pixels, without the shared geometry cue
-        if model.head.geom_fc is not None:
-            s_kd = s_kd - model.head.geom_fc(flat(geom)).flatten()
-        if teacher.geom_fc is not None:
-            t_kd = t_kd - teacher.geom_fc(flat(geom)).flatten().detach()
-    elif cfg.kd_on != "score":
-        raise ValueError(f"--kd-on must be 'score' or 'appearance', got {cfg.kd_on!r}")
-    kd = F.kl_div(F.log_softmax(s_kd.view(b, k), 1), F.log_softmax(t_kd.view(b, k), 1), log_target=True,
-                  reduction="batchmean")
-    label = flat(label)
+    own_logit, label = logit, flat(label)
     if "nbg" in batch:  # the positive cutout scored on other backgrounds of its class: negatives too
         nb = batch["nbg"].shape[1]
         nroi, _ = model.encode_background(batch["nbg"].flatten(0, 1), batch["ncrop_box"].flatten(0, 1))
@@ -227,12 +215,21 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
         "bce": bce(logit, label, cfg.num_neg + cfg.neg_bg),
     }
     parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
+    s_logit = own_logit.view(b, k)  # each background's candidates, own cutout first
     if cfg.w_rank:
-        parts["rank"] = rank
-        parts["loss"] = parts["loss"] + cfg.w_rank * rank
+        parts["rank"] = F.cross_entropy(s_logit, torch.zeros(b, dtype=torch.long))
+        parts["loss"] = parts["loss"] + cfg.w_rank * parts["rank"]
     if cfg.w_kd:
-        parts["kd"] = kd
-        parts["loss"] = parts["loss"] + cfg.w_kd * kd
+        t_logit = t_logit.view(b, k)
+        if cfg.kd_on == "appearance":  # what the networks see in the pixels, without the geometry cue
+            g = geom.view(b * k, -1)
+            if model.head.geom_fc is not None:
+                s_logit = s_logit - model.head.geom_fc(g).view(b, k)
+            if teacher.geom_fc is not None:
+                t_logit = t_logit - teacher.geom_fc(g).view(b, k).detach()
+        parts["kd"] = F.kl_div(F.log_softmax(s_logit, 1), F.log_softmax(t_logit, 1), log_target=True,
+                               reduction="batchmean")
+        parts["loss"] = parts["loss"] + cfg.w_kd * parts["kd"]
     return parts
 
 
@@ -332,9 +329,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     vals = {f: getattr(a, f) for f in asdict(d) if f != "out"}
-    cfg = TrainCfg(out=a.out or f"runs/{a.kind}", **vals)
     save = a.save or f"weights/{a.kind}.safetensors"
     try:
+        cfg = TrainCfg(out=a.out or f"runs/{a.kind}", **vals)
         fit(a.kind, cfg, save, a.restart, command="python -m fos.train " + " ".join(argv if argv is not None else sys.argv[1:]))
     except (DatasetError, InputError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
