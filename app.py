@@ -86,8 +86,8 @@ def composite_for(bg: Image.Image, box, r) -> Image.Image:
         return bg
 
 
-def save_output(img: Image.Image) -> str:
-    """Write an output image under a unique name (pruning old ones) and return its path."""
+def prune_outputs() -> None:
+    """Delete output images older than ``OUT_TTL_S`` (once per search, not per image)."""
     os.makedirs(OUT_DIR, exist_ok=True)
     now = time.time()
     for f in os.listdir(OUT_DIR):
@@ -97,6 +97,11 @@ def save_output(img: Image.Image) -> str:
                 os.unlink(p)
         except OSError:
             pass
+
+
+def save_output(img: Image.Image) -> str:
+    """Write an output image under a unique name and return its path."""
+    os.makedirs(OUT_DIR, exist_ok=True)
     path = os.path.join(OUT_DIR, f"{uuid.uuid4().hex}.jpg")
     img.save(path, quality=92)
     return path
@@ -116,6 +121,7 @@ def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: 
     out = engine.rank(q, category, int(k), rerank=int(rerank), extra=uploads or None)
     t0 = time.perf_counter()
     gallery, rows = [], []
+    prune_outputs()
     for rank, r in enumerate(out.results, 1):
         comp = save_output(composite_for(bg, box, r))
         src = "your upload" if r.image is not None else "library"
