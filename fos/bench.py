@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fos.checkpoint import atomic_write_json
+from fos.preprocess import GEOMETRY_DIM
 
 
 def machine() -> str:
@@ -74,7 +75,7 @@ def bench_latency(backends: list[str], batches: list[int], weights: str = "weigh
     for bs in batches:
         img = rng.uniform(-1, 1, (bs, 3, s, s)).astype(np.float32)
         box = np.tile(np.array([[20, 30, 180, 200.0]], np.float32), (bs, 1))
-        geom = rng.normal(size=(bs, 3)).astype(np.float32)
+        geom = rng.normal(size=(bs, GEOMETRY_DIM)).astype(np.float32)
         fgp = rng.uniform(0, 1, (bs, *d)).astype(np.float32)
         bgp = fgp[:1].copy()
         for label, b in made.items():
@@ -133,7 +134,7 @@ def bench_retrieval(weights: str, library: str, sizes: list[int], k: int, rerank
     fgs = np.stack([foreground_input(p, b.preprocess_cfg).numpy() for p in fg_paths])
     bgs = np.repeat(prep.tensor[None].numpy(), len(fgs), 0)
     boxes = np.repeat(prep.crop_box_net[None].numpy(), len(fgs), 0)
-    geom = np.zeros((len(fgs), 3), np.float32)
+    geom = np.zeros((len(fgs), GEOMETRY_DIM), np.float32)
 
     def official_pairs():  # both encoders rerun for every pair, then the head
         bp, _ = b.encode_background(bgs, boxes)

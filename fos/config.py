@@ -41,7 +41,10 @@ class ModelCfg:
     pretrained: bool = True  # ImageNet init of the backbone when building from scratch
     proj_dim: int | None = 128  # 1x1 projection of the backbone map; None keeps the backbone width
     embed_dim: int | None = 128  # linear embedding for the triplet loss / prefilter; None = pooled map
-    geometry: bool = True  # feed box and foreground aspect ratios to the classifier
+    geometry: bool = True  # feed box and foreground geometry (fos.preprocess.geometry_batch) to the classifier
+    # how many geometry columns the classifier reads: 3 = aspect terms only (checkpoints made before
+    # the field existed), 5 = aspect and resolution (scale) terms
+    geometry_dims: int = 3
     # projections and the distillation feature without ReLU. A ReLU projection trained at the heads'
     # learning rate died (1 of 128 live channels in the background encoder); a linear map cannot.
     # False (ReLU) is what checkpoints made before this field existed use.
@@ -68,7 +71,8 @@ class TrainCfg:
     hard_neg: float = 0.0  # chance that a negative is drawn from the 2*num_neg closest in aspect ratio to the box
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster
-    geom_prior: float = 4.0  # init the geometry weights at [0, 0, -prior]: start from the aspect ranking
+    geom_prior: float = 4.0  # init the geometry weights at [0, 0, -geom_prior, 0, -scale_prior]: start from
+    scale_prior: float = 2.0  # the aspect + resolution ranking (1 : 0.5 was the best mix on msrc-fos train)
     weight_decay: float = 1e-4
     trainable_blocks: int = 6  # train only the last N backbone stages (rest frozen, faster on CPU)
     box_jitter: float = 0.5  # enlarge the box by up to this fraction per side (R-FOSD box jitter)

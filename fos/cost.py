@@ -10,6 +10,7 @@ import sys
 import torch
 from torch import nn
 
+from fos.preprocess import GEOMETRY_DIM
 from fos.registry import build_model
 
 
@@ -45,7 +46,7 @@ def pair_costs(teacher_name: str = "teacher", student_name: str = "student", siz
     t = build_model(teacher_name, pretrained=False).eval()
     s = build_model(student_name, pretrained=False).eval()
     x = torch.zeros(1, 3, size, size)
-    g = torch.zeros(1, 3)
+    g = torch.zeros(1, GEOMETRY_DIM)
     teacher = count_macs(t, lambda: t(x, g if t.cfg.geometry else None))
     bg = count_macs(s, lambda: s.encode_background(x, torch.tensor([[0.0, 0.0, size, size]])))
     fg = count_macs(s, lambda: s.encode_foreground(x))

@@ -27,7 +27,7 @@ from fos.runtime import Backend, BackendError, TorchBackend, get_backend
 from fos.data import DatasetError, TestSet, load_test
 from fos.metrics import average_over_categories, rfosd_metrics, sfosd_metrics
 from fos.preprocess import (
-    InputError, foreground_input, geometry_features, jitter_box, load_image,
+    InputError, foreground_input, geometry_batch, jitter_box, load_image,
     norm_to_pixel_box, prepare_background, teacher_input,
 )
 
@@ -36,7 +36,7 @@ log = logging.getLogger("fos.evaluate")
 
 def _geometry(bg, cands, appearance_only: bool) -> np.ndarray:
     """Geometry inputs of every candidate; zeros switch the (bias-free) geometry term off."""
-    g = np.stack([geometry_features(bg.box, im.size) for im in cands.images])
+    g = geometry_batch(bg.box, [im.size for im in cands.images])
     return np.zeros_like(g) if appearance_only else g
 
 

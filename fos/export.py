@@ -24,6 +24,7 @@ from torch import nn
 
 from fos.checkpoint import atomic_write_json, file_sha256 as sha256, load_checkpoint
 from fos.config import PreprocessCfg
+from fos.preprocess import GEOMETRY_DIM
 
 log = logging.getLogger("fos.export")
 OPSET = 18
@@ -78,13 +79,13 @@ def graph_specs(teacher, student, pcfg: PreprocessCfg, batch: int = 2) -> dict:
     img = lambda: torch.rand(batch, 3, s, s, generator=g) * 2 - 1  # noqa: E731
     box = torch.tensor([[20.0, 30.0, 180.0, 200.0]] * batch)
     return {
-        "teacher": (TeacherOnnx(teacher), {"composite": img(), "geom": torch.rand(batch, 3, generator=g)},
+        "teacher": (TeacherOnnx(teacher), {"composite": img(), "geom": torch.rand(batch, GEOMETRY_DIM, generator=g)},
                     ["score", "feat"]),
         "student_bg": (BackgroundOnnx(student), {"background": img(), "crop_box": box}, ["bg_part", "emb"]),
         "student_fg": (ForegroundOnnx(student), {"foreground": img()}, ["fg_part", "emb"]),
         "student_head": (HeadOnnx(student), {"bg_part": torch.rand(1, d, a, a, generator=g),
                                              "fg_part": torch.rand(batch, d, a, a, generator=g),
-                                             "geom": torch.rand(batch, 3, generator=g)}, ["score"]),
+                                             "geom": torch.rand(batch, GEOMETRY_DIM, generator=g)}, ["score"]),
     }
 
 

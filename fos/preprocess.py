@@ -154,12 +154,29 @@ def aspect_ratio(w: float, h: float) -> float:
     return float(w) / float(max(h, 1e-6))
 
 
-def geometry_features(box: Box, fg_size: tuple[int, int]) -> np.ndarray:
-    """[log box aspect, log foreground aspect, |difference|] as float32 (3,)."""
+GEOMETRY_DIM = 5  # width of the geometry vector; models made before the scale terms read the first 3
+
+
+def geometry_batch(box: Box, fg_sizes) -> np.ndarray:
+    """Geometry of N foregrounds of pixel sizes ``fg_sizes`` (N, 2) against ``box``: float32 (N, 5).
+
+    Columns: log box aspect, log foreground aspect, |aspect difference| (shape), then
+    log(box area / foreground area) / 2 and its absolute value (resolution: how much the cutout is
+    scaled to fill the box; a cutout blown up far past its own pixels looks soft).
+    """
     x1, y1, x2, y2 = box
-    lb = math.log(aspect_ratio(x2 - x1, y2 - y1))
-    lf = math.log(aspect_ratio(*fg_size))
-    return np.array([lb, lf, abs(lb - lf)], dtype=np.float32)
+    bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+    sz = np.asarray(fg_sizes, dtype=np.float64).reshape(-1, 2)
+    fw, fh = np.maximum(sz[:, 0], 1e-6), np.maximum(sz[:, 1], 1e-6)
+    lb = np.full(len(sz), math.log(bw / bh))
+    lf = np.log(fw / fh)
+    ls = 0.5 * np.log(bw * bh / (fw * fh))
+    return np.stack([lb, lf, np.abs(lb - lf), ls, np.abs(ls)], 1).astype(np.float32)
+
+
+def geometry_features(box: Box, fg_size: tuple[int, int]) -> np.ndarray:
+    """:func:`geometry_batch` of one foreground: float32 (5,)."""
+    return geometry_batch(box, [fg_size])[0]
 
 
 # --------------------------------------------------------------------------- tensors

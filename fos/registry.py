@@ -19,14 +19,14 @@ def register_model(fn: Callable[[], ModelCfg]) -> Callable[[], ModelCfg]:
 def teacher() -> ModelCfg:
     """MobileNetV2 composite discriminator with a 128-channel distillation target (default)."""
     return ModelCfg(kind="teacher", backbone="mobilenet_v2", proj_dim=128, embed_dim=None, geometry=True,
-                    linear_features=True)
+                    linear_features=True, geometry_dims=5)
 
 
 @register_model
 def student() -> ModelCfg:
     """MobileNetV2 encoders, 128-channel head (default)."""
     return ModelCfg(kind="student", backbone="mobilenet_v2", proj_dim=128, embed_dim=128, geometry=True,
-                    linear_features=True)
+                    linear_features=True, geometry_dims=5)
 
 
 @register_model

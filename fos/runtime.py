@@ -23,6 +23,7 @@ import torch
 
 from fos.checkpoint import WeightsError, file_sha256, load_checkpoint
 from fos.config import PreprocessCfg
+from fos.preprocess import GEOMETRY_DIM
 
 log = logging.getLogger("fos.runtime")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -154,7 +155,16 @@ def onnx_is_current(weights: str, onnx_dir: str, precision: str = "float32") -> 
         return False
     if os.path.exists(tpath) and src.get("teacher", {}).get("sha256") != file_sha256(tpath):
         return False
+    if geometry_mismatch(m):
+        return False
     return all(os.path.isfile(os.path.join(onnx_dir, g["file"])) for k, g in m["graphs"].items() if k.endswith(precision))
+
+
+def geometry_mismatch(manifest: dict) -> str:
+    """Graphs whose ``geom`` input is narrower or wider than :data:`GEOMETRY_DIM` (made by older code)."""
+    bad = [k for k, g in manifest.get("graphs", {}).items()
+           if "geom" in g.get("inputs", {}) and g["inputs"]["geom"][-1] != GEOMETRY_DIM]
+    return ", ".join(bad)
 
 
 def ensure_onnx(weights: str = "weights", onnx_dir: str | None = None, fp16_too: bool = True) -> str:
@@ -206,6 +216,9 @@ class OrtBackend(GraphBackend):
         if os.path.exists(spath) and m["source_weights"]["student"]["sha256"] != file_sha256(spath):
             raise BackendError(f"the graphs in {onnx_dir} were exported from other weights than {spath}: "
                                "re-export with `python export/to_onnx.py`")
+        if geometry_mismatch(m):
+            raise BackendError(f"the graphs in {onnx_dir} take another geometry width than this version "
+                               f"({GEOMETRY_DIM} columns): re-export with `python export/to_onnx.py`")
         self.student_sha256 = m["source_weights"]["student"]["sha256"]
         self.preprocess_cfg = PreprocessCfg.from_dict(m["preprocess_cfg"])
         avail = ort.get_available_providers()

@@ -20,7 +20,9 @@ import torch
 
 from fos.checkpoint import WeightsError, atomic_write_json
 from fos.library import Library, LibraryError
-from fos.preprocess import InputError, PreparedBackground, load_image, prepare_background, teacher_input
+from fos.preprocess import (
+    InputError, PreparedBackground, geometry_batch, load_image, prepare_background, teacher_input,
+)
 from fos.runtime import Backend, BackendError, get_backend
 from fos.store import VectorStore, make_store
 
@@ -123,11 +125,8 @@ class SearchEngine:
 
     @staticmethod
     def geometry(q: Query, sizes: np.ndarray) -> np.ndarray:
-        """(N, 3) geometry features of foregrounds of ``sizes`` (N, 2) against the query box."""
-        x1, y1, x2, y2 = q.bg.box
-        lb = np.log((x2 - x1) / (y2 - y1))
-        lf = np.log(sizes[:, 0] / sizes[:, 1])
-        return np.stack([np.full_like(lf, lb), lf, np.abs(lb - lf)], 1).astype(np.float32)
+        """(N, GEOMETRY_DIM) geometry features of foregrounds of ``sizes`` (N, 2) against the query box."""
+        return geometry_batch(q.bg.box, sizes)
 
     def head_scores(self, q: Query, fg_part: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Student scores of cached foreground halves ``fg_part`` (N, D, a, a), in batches."""

@@ -29,6 +29,7 @@ from fos.preprocess import (
     InputError, composite_crop, foreground_input, geometry_features, jitter_box, load_image,
     norm_to_pixel_box, prepare_background, to_tensor,
 )
+from fos.models.discofos import geometry_term
 from fos.registry import build_model
 
 log = logging.getLogger("fos.train")
@@ -170,9 +171,9 @@ def _freeze_bn(module: torch.nn.Module) -> None:
 def _prepare(kind: str, cfg: TrainCfg):
     model = build_model(kind)
     geom = model.geom_fc if kind == "teacher" else model.head.geom_fc
-    if geom is not None:  # an aspect-ratio prior: -prior * |log box aspect - log fg aspect|
+    if geom is not None:  # start from the geometry ranking: -prior * aspect mismatch - scale_prior * scale mismatch
         with torch.no_grad():
-            geom.weight.copy_(torch.tensor([[0.0, 0.0, -cfg.geom_prior]]))
+            geom.weight.copy_(torch.tensor([[0.0, 0.0, -cfg.geom_prior, 0.0, -cfg.scale_prior][: geom.in_features]]))
     if kind == "teacher":
         model.backbone.freeze_all_but(cfg.trainable_blocks)
         return model, None
@@ -224,9 +225,9 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
         if cfg.kd_on == "appearance":  # what the networks see in the pixels, without the geometry cue
             g = geom.view(b * k, -1)
             if model.head.geom_fc is not None:
-                s_logit = s_logit - model.head.geom_fc(g).view(b, k)
+                s_logit = s_logit - geometry_term(model.head.geom_fc, g).view(b, k)
             if teacher.geom_fc is not None:
-                t_logit = t_logit - teacher.geom_fc(g).view(b, k).detach()
+                t_logit = t_logit - geometry_term(teacher.geom_fc, g).view(b, k).detach()
         parts["kd"] = F.kl_div(F.log_softmax(s_logit, 1), F.log_softmax(t_logit, 1), log_target=True,
                                reduction="batchmean")
         parts["loss"] = parts["loss"] + cfg.w_kd * parts["kd"]

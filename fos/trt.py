@@ -19,6 +19,7 @@ import numpy as np
 
 from fos.checkpoint import atomic_write_bytes, atomic_write_json
 from fos.config import PreprocessCfg
+from fos.preprocess import GEOMETRY_DIM
 from fos.runtime import BackendError, GraphBackend, read_manifest
 
 log = logging.getLogger("fos.trt")
@@ -136,6 +137,10 @@ class TrtBackend(GraphBackend):
             if (meta["gpu_name"], meta["compute_capability"]) != (info["gpu_name"], info["compute_capability"]):
                 raise BackendError(f"{path} was built for {meta['gpu_name']} (sm {meta['compute_capability']}), "
                                    f"this GPU is {info['gpu_name']} (sm {info['compute_capability']}): {rebuild}")
+            geom = meta.get("shapes", {}).get("geom")
+            if geom and geom["max"][-1] != GEOMETRY_DIM:
+                raise BackendError(f"{path} takes {geom['max'][-1]} geometry columns, this version passes "
+                                   f"{GEOMETRY_DIM}: re-export (`python export/to_onnx.py`), then {rebuild}")
             with open(path, "rb") as f:
                 engine = runtime.deserialize_cuda_engine(f.read())
             if engine is None:

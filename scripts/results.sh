@@ -5,7 +5,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/msrc-fos}
 mkdir -p runs/results
-for m in teacher student random aspect color imagenet; do
+for m in teacher student random aspect geometry color imagenet; do
   python -m fos.evaluate --data "$DATA" --model "$m" --json "runs/results/$m.exact.json" | tail -1
   python -m fos.evaluate --data "$DATA" --model "$m" --box-jitter 0.5 --seeds 0,1,2,3,4 \
     --json "runs/results/$m.loose.json" | tail -1

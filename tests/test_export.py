@@ -73,6 +73,20 @@ def test_stale_and_mismatched_graphs(exported, tmp_path):
         OrtBackend(str(other), d)
     with pytest.raises(BackendError, match="manifest.json missing"):
         OrtBackend(str(other), str(tmp_path / "none"))
+    # graphs exported by a version that passed 3 geometry columns: stale, re-exported by ensure_onnx
+    import shutil
+
+    old = tmp_path / "old_onnx"
+    shutil.copytree(d, old)
+    m = json.loads((old / "manifest.json").read_text())
+    assert m["graphs"]["student_head:float32"]["inputs"]["geom"] == ["batch", 5]
+    for g in m["graphs"].values():
+        if "geom" in g["inputs"]:
+            g["inputs"]["geom"] = ["batch", 3]
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert not onnx_is_current(w, str(old))
+    with pytest.raises(BackendError, match="geometry width"):
+        OrtBackend(w, str(old))
 
 
 def test_failed_export_keeps_earlier_files(exported, monkeypatch):

@@ -27,7 +27,7 @@ def test_teacher_and_student_shapes():
     t = build_model("teacher", pretrained=False).eval()
     s = build_model("student", pretrained=False).eval()
     x = torch.randn(3, 3, 224, 224)
-    g = torch.randn(3, 3)
+    g = torch.randn(3, 5)
     feat, logit = t(x, g)
     assert feat.shape == (3, 128, 7, 7) and logit.shape == (3,)
     roi, bemb = s.encode_background(x[:1], torch.tensor([[10.0, 20.0, 150.0, 200.0]]))
@@ -58,7 +58,7 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.randn(2, 3, 224, 224)
     box = torch.tensor([[0.0, 0.0, 100.0, 120.0], [20.0, 30.0, 224.0, 224.0]])
     with torch.no_grad():
-        assert torch.equal(s(x, box, x, torch.zeros(2, 3)), s2(x, box, x, torch.zeros(2, 3)))
+        assert torch.equal(s(x, box, x, torch.zeros(2, 5)), s2(x, box, x, torch.zeros(2, 5)))
 
 
 def test_linear_features_and_configs_saved_before_the_field(tmp_path):
@@ -68,7 +68,7 @@ def test_linear_features_and_configs_saved_before_the_field(tmp_path):
     assert s.cfg.linear_features and not any(isinstance(m, torch.nn.ReLU) for m in s.bg_proj.modules())
     with torch.no_grad():  # a linear distillation feature can be negative, as the teacher's linear map
         s.head.conv2.bias.fill_(-100.0)
-        feat, _ = s.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 3))
+        feat, _ = s.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 5))
     assert (feat < 0).any()
     path = str(tmp_path / "old.safetensors")
     save_checkpoint(s, path)
@@ -79,7 +79,7 @@ def test_linear_features_and_configs_saved_before_the_field(tmp_path):
     old = load_checkpoint(path)
     assert not old.cfg.linear_features and isinstance(old.bg_proj[1], torch.nn.ReLU)
     with torch.no_grad():
-        feat, _ = old.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 3))
+        feat, _ = old.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 5))
     assert (feat >= 0).all()
 
 
@@ -151,3 +151,34 @@ def test_official_student_layout_loads_into_vgg19(tmp_path):
         load_official_student(bad)
     with pytest.raises(WeightsError, match="unexpected key 'mystery.weight'"):
         load_official_student({**sd, "mystery.weight": torch.zeros(1)})
+
+
+def test_geometry_width_and_models_made_with_three_columns(tmp_path):
+    import json
+
+    from fos.models.discofos import geometry_term
+
+    s = build_model("student", pretrained=False).eval()
+    assert s.head.geom_fc.in_features == 5
+    with torch.no_grad():
+        s.head.geom_fc.weight.copy_(torch.tensor([[0.0, 0.0, -4.0, 0.0, -2.0]]))
+    g = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]])
+    assert geometry_term(s.head.geom_fc, g).item() == pytest.approx(-4 * 0.3 - 2 * 0.5)
+    with pytest.raises(ValueError, match="3 columns, this model reads 5"):
+        geometry_term(s.head.geom_fc, g[:, :3])
+    # a checkpoint whose config predates geometry_dims has a 3-column geometry layer: it reads the aspect terms
+    old = build_model("student", pretrained=False, geometry_dims=3).eval()
+    path = str(tmp_path / "old.safetensors")
+    save_checkpoint(old, path)
+    side = tmp_path / "old.json"
+    info = json.loads(side.read_text())
+    del info["model_cfg"]["geometry_dims"]
+    side.write_text(json.dumps(info))
+    loaded = load_checkpoint(path).eval()
+    assert loaded.head.geom_fc.in_features == 3
+    roi, fmap = torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7)
+    g5 = torch.randn(2, 5)
+    with torch.no_grad():
+        a = loaded.fuse(roi, fmap, g5)[1]
+        b = loaded.fuse(roi, fmap, torch.cat([g5[:, :3], torch.randn(2, 2)], 1))[1]
+    assert torch.equal(a, b)  # the scale columns are not read

@@ -8,8 +8,8 @@ from PIL import Image
 from fos.config import PreprocessCfg
 from fos.data import load_sfosd_test
 from fos.preprocess import (
-    InputError, composite_crop, enlarged_box, foreground_input, geometry_features, load_image,
-    norm_to_pixel_box, paste_foreground, prepare_background, to_tensor, validate_box,
+    GEOMETRY_DIM, InputError, composite_crop, enlarged_box, foreground_input, geometry_batch, geometry_features,
+    load_image, norm_to_pixel_box, paste_foreground, prepare_background, to_tensor, validate_box,
 )
 
 GRAY = (128 / 255 - 0.5) / 0.5
@@ -73,8 +73,14 @@ def test_to_tensor_normalization():
 
 
 def test_geometry_features():
+    # box 200x100 (aspect 2, area 20000); cutout 50x100 (aspect 0.5, area 5000): scale sqrt(4) = 2
     g = geometry_features((0, 0, 200, 100), (50, 100))
-    assert g == pytest.approx([math.log(2), math.log(0.5), math.log(4)])
+    assert g == pytest.approx([math.log(2), math.log(0.5), math.log(4), math.log(2), math.log(2)])
+    many = geometry_batch((10, 10, 110, 60), [(100, 50), (400, 200), (25, 50)])  # box 100x50
+    assert many.shape == (3, GEOMETRY_DIM) and many.dtype == np.float32
+    assert many[:, 3] == pytest.approx([0.0, -math.log(4), math.log(2)])
+    assert many[:, 2] == pytest.approx([0.0, 0.0, math.log(4)]) and (many[:, 4] == np.abs(many[:, 3])).all()
+    assert np.array_equal(many[1], geometry_features((10, 10, 110, 60), (400, 200)))
 
 
 @pytest.mark.parametrize("box,msg", [

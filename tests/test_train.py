@@ -89,7 +89,7 @@ def test_negative_backgrounds(data_root):
     assert not torch.equal(item["comp"][2], item["comp"][0])  # a different background around the cutout
     student_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
     s_item = student_ds[0]
-    assert s_item["nbg"].shape == (1, 3, 224, 224) and s_item["ngeom"].shape == (1, 3)
+    assert s_item["nbg"].shape == (1, 3, 224, 224) and s_item["ngeom"].shape == (1, 5)
     assert s_item["comp"].shape[0] == 2  # distillation targets only for the pairs on the own background
     assert not torch.equal(s_item["nbg"][0], s_item["bg"])
     batch = default_collate([student_ds[0], student_ds[1]])

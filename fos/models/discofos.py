@@ -19,6 +19,18 @@ def _projection(cin: int, dim: int | None, linear: bool) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, dim, 1)) if linear else nn.Sequential(nn.Conv2d(cin, dim, 1), nn.ReLU(inplace=True))
 
 
+def geometry_term(fc: nn.Linear, geom: torch.Tensor) -> torch.Tensor:
+    """``fc`` on the first ``fc.in_features`` geometry columns: (B, >= n) -> (B,).
+
+    Callers always pass the full vector of :func:`fos.preprocess.geometry_batch`; a model made with
+    fewer columns (aspect terms only) reads just those.
+    """
+    n = fc.in_features
+    if geom.shape[-1] < n:
+        raise ValueError(f"geometry has {geom.shape[-1]} columns, this model reads {n}")
+    return fc(geom[..., :n]).flatten()
+
+
 class Teacher(nn.Module):
     """Scores a composite crop. ``forward(x, geom) -> (feature map (B, D, 7, 7), logit (B,))``.
 
@@ -32,7 +44,7 @@ class Teacher(nn.Module):
         self.proj = _projection(self.backbone.out_channels, cfg.proj_dim, cfg.linear_features)
         self.dim = cfg.proj_dim or self.backbone.out_channels
         self.fc = nn.Linear(self.dim, 1)
-        self.geom_fc = nn.Linear(3, 1, bias=False) if cfg.geometry else None
+        self.geom_fc = nn.Linear(cfg.geometry_dims, 1, bias=False) if cfg.geometry else None
 
     def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None):
         feat = self.proj(self.backbone(x))  # (B, D, 7, 7)
@@ -40,7 +52,7 @@ class Teacher(nn.Module):
         if self.geom_fc is not None:
             if geom is None:
                 raise ValueError("this teacher uses geometry features: pass geom (B, 3)")
-            logit = logit + self.geom_fc(geom).flatten()
+            logit = logit + geometry_term(self.geom_fc, geom)
         return feat, logit
 
     @torch.no_grad()
@@ -55,13 +67,13 @@ class DistillHead(nn.Module):
     half can be computed once and reused (the concatenation never needs to exist).
     """
 
-    def __init__(self, dim: int, geometry: bool, linear_feature: bool = False):
+    def __init__(self, dim: int, geometry: bool, linear_feature: bool = False, geometry_dims: int = 3):
         super().__init__()
         self.linear_feature = linear_feature  # no ReLU on conv2: the feature matches a linear teacher map
         self.conv1 = nn.Conv2d(2 * dim, dim, 3, padding=1)
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
         self.classifier = nn.Conv2d(dim, 1, 1)
-        self.geom_fc = nn.Linear(3, 1, bias=False) if geometry else None
+        self.geom_fc = nn.Linear(geometry_dims, 1, bias=False) if geometry else None
         self.dim = dim
 
     def bg_part(self, roi: torch.Tensor) -> torch.Tensor:
@@ -80,7 +92,7 @@ class DistillHead(nn.Module):
         if self.geom_fc is not None:
             if geom is None:
                 raise ValueError("this head uses geometry features: pass geom (N, 3)")
-            logit = logit + self.geom_fc(geom).flatten()
+            logit = logit + geometry_term(self.geom_fc, geom)
         return feat, logit
 
     def forward(self, roi, fmap, geom=None):
@@ -104,7 +116,7 @@ class Student(nn.Module):
         self.dim = cfg.proj_dim or cin
         self.bg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
         self.fg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
-        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features)
+        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features, cfg.geometry_dims)
         e = cfg.embed_dim
         self.bg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
         self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
