@@ -66,7 +66,7 @@ class GeometryScorer(Scorer):
     """Aspect and size together: -(aspect mismatch + 0.5 * |log sqrt(box area / foreground area)|).
 
     The fixed ranking the trained models start from (``TrainCfg.geom_prior`` : ``scale_prior`` = 4 : 2,
-    the best mix on msrc-fos train). Not one of the paper's baselines: the control that says how much
+    the best mix on msrc-fos train, ``scripts/geometry_mix.py``). Not one of the paper's baselines: the control that says how much
     a trained model adds over box and cutout sizes alone.
     """
 

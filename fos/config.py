@@ -72,7 +72,7 @@ class TrainCfg:
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster
     geom_prior: float = 4.0  # init the geometry weights at [0, 0, -geom_prior, 0, -scale_prior]: start from
-    scale_prior: float = 2.0  # the aspect + resolution ranking (1 : 0.5 was the best mix on msrc-fos train)
+    scale_prior: float = 2.0  # the aspect + resolution ranking (1 : 0.5: best on train, scripts/geometry_mix.py)
     weight_decay: float = 1e-4
     trainable_blocks: int = 6  # train only the last N backbone stages (rest frozen, faster on CPU)
     box_jitter: float = 0.5  # enlarge the box by up to this fraction per side (R-FOSD box jitter)

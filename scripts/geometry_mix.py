@@ -1,0 +1,44 @@
+"""How the ``geometry`` control's scale weight was chosen: on msrc-fos *train*, never on test.
+
+Each training background is a query (loose boxes, as ``fos.evaluate --box-jitter 0.5``), its own
+cutout the answer, the other cutouts of its class the candidates; the score is
+``-(|aspect difference| + w * |s|)`` (columns 2 and 4 of ``fos.preprocess.geometry_batch``).
+Prints mean ± std Recall@1 over box seeds 0-4 for each ``w``.
+
+    python scripts/geometry_mix.py [--data ../shared/data/msrc-fos]
+"""
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fos.data import load_train  # noqa: E402
+from fos.metrics import average_over_categories, sfosd_metrics  # noqa: E402
+from fos.preprocess import geometry_batch, jitter_box, norm_to_pixel_box  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--data", default="../shared/data/msrc-fos")
+a = p.parse_args()
+by = {}
+for r in load_train(a.data):
+    by.setdefault(r.category, []).append(r)
+fg_sizes = {c: [Image.open(r.fg_path).size for r in rs] for c, rs in by.items()}
+geo = {}
+for seed in range(5):
+    for c, rs in by.items():
+        rows = []
+        for r in rs:
+            with Image.open(r.bg_path) as im:
+                w, h = im.size
+            box = jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, 0.5, random.Random(f"{seed}:{r.name}"))
+            rows.append(geometry_batch(box, fg_sizes[c]))
+        geo[(seed, c)] = np.stack(rows)
+print("w      train R@1 (loose boxes, seeds 0-4)")
+for wt in (0, 0.25, 0.5, 0.75, 1, 2):
+    r1 = [average_over_categories({c: sfosd_metrics(np.eye(len(by[c]), dtype=int), -(g[..., 2] + wt * g[..., 4]))
+                                   for (s, c), g in geo.items() if s == seed})["recall@1"] for seed in range(5)]
+    print(f"{wt:<6} {np.mean(r1):.3f} ± {np.std(r1):.3f}")
