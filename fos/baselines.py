@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fos.config import PreprocessCfg
+from fos.config import PreprocessCfg, TrainCfg
 from fos.preprocess import (
     PreparedBackground, context_crop, foreground_input, foreground_mask, geometry_batch, to_tensor,
 )
@@ -63,18 +63,22 @@ class AspectScorer(Scorer):
 
 
 class GeometryScorer(Scorer):
-    """Aspect and size together: -(aspect mismatch + 0.5 * |log sqrt(box area / foreground area)|).
+    """Aspect and size together: -(aspect mismatch + w * |log sqrt(box area / foreground area)|).
 
-    The fixed ranking the trained models start from (``TrainCfg.geom_prior`` : ``scale_prior`` = 4 : 2,
-    the best mix on msrc-fos train, ``scripts/geometry_mix.py``). Not one of the paper's baselines: the control that says how much
-    a trained model adds over box and cutout sizes alone.
+    The fixed ranking the trained models start from: w = ``TrainCfg.scale_prior / geom_prior``
+    (2 / 4, the best mix on msrc-fos train, ``scripts/geometry_mix.py``). Not one of the paper's
+    baselines: the control that says how much a trained model adds over box and cutout sizes alone.
     """
 
     name = "geometry"
 
+    def __init__(self):
+        d = TrainCfg()
+        self.w = d.scale_prior / d.geom_prior
+
     def score(self, bg, cands):
         g = geometry_batch(bg.box, [im.size for im in cands.images])
-        return -(g[:, 2] + 0.5 * g[:, 4]).astype(np.float64)
+        return -(g[:, 2] + self.w * g[:, 4]).astype(np.float64)
 
 
 def _color_stats(pixels: np.ndarray) -> np.ndarray:

@@ -150,10 +150,6 @@ def scale_box(box: Box, width: int, height: int, size: int) -> list[float]:
             float(int(x2 / width * size)), float(int(y2 / height * size))]
 
 
-def aspect_ratio(w: float, h: float) -> float:
-    return float(w) / float(max(h, 1e-6))
-
-
 GEOMETRY_DIM = 5  # width of the geometry vector; models made before the scale terms read the first 3
 
 

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import numpy as np
@@ -28,6 +29,21 @@ def test_aspect_is_perfect_with_exact_boxes_and_not_with_loose_ones(ts):
     loose = E.evaluate(ts, E.make_scorer("aspect"), box_jitter=0.5, categories=CATS, progress=False)
     assert loose["recall@1"] < 1.0
     assert loose["recall@20"] == 1.0  # fewer than 20 candidates per category
+
+
+def test_geometry_control_scores_by_hand():
+    from PIL import Image
+
+    from fos.baselines import GeometryScorer
+
+    bg = prepare_background(Image.new("RGB", (300, 200), "gray"), (0, 0, 100, 50))  # box aspect 2, area 5000
+    ims = [Image.new("RGB", s, "white") for s in [(100, 50), (200, 100), (50, 50), (400, 200)]]
+    got = GeometryScorer().score(bg, Candidates(["a", "b", "c", "d"], ims, {}))
+    # -(|log aspect difference| + 0.5 |log sqrt(area ratio)|): the box's shape at 1x, 2x and 4x its
+    # width, and a square of half its area
+    want = [0.0, -0.5 * math.log(2), -(math.log(2) + 0.5 * 0.5 * math.log(2)), -0.5 * math.log(4)]
+    assert got == pytest.approx(want, abs=1e-6)
+    assert list(np.argsort(-got)) == [0, 1, 3, 2]
 
 
 def test_random_is_seeded(ts):

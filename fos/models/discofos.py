@@ -51,7 +51,7 @@ class Teacher(nn.Module):
         logit = self.fc(feat.mean((2, 3))).flatten()
         if self.geom_fc is not None:
             if geom is None:
-                raise ValueError("this teacher uses geometry features: pass geom (B, 3)")
+                raise ValueError("this teacher uses geometry features: pass geom (B, 5), fos.preprocess.geometry_batch")
             logit = logit + geometry_term(self.geom_fc, geom)
         return feat, logit
 
@@ -91,7 +91,7 @@ class DistillHead(nn.Module):
         logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
         if self.geom_fc is not None:
             if geom is None:
-                raise ValueError("this head uses geometry features: pass geom (N, 3)")
+                raise ValueError("this head uses geometry features: pass geom (N, 5), fos.preprocess.geometry_batch")
             logit = logit + geometry_term(self.geom_fc, geom)
         return feat, logit
 
