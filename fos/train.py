@@ -78,15 +78,13 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int):
         rng = random.Random((self.cfg.seed * 1_000_003 + self.epoch) * 1_000_003 + i)
         r = self.records[i]
-        bg = load_image(r.bg_path, what="background")
-        w, h = bg.size
-        box = jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, self.cfg.box_jitter, rng)
-        prep = prepare_background(bg, box, self.pcfg)
+        prep = self._background(r, rng)
         pos_name = rng.choice([r.name, *r.similars])
         pool = self.neg_pool[i]
         negs = [pool[j % len(pool)] for j in rng.sample(range(max(len(pool), self.cfg.num_neg)), self.cfg.num_neg)] if pool else []
         if self.cfg.hard_neg > 0 and pool:  # aspect-matched negatives: shape alone cannot tell them apart
-            lb = math.log((box[2] - box[0]) / (box[3] - box[1]))
+            x1, y1, x2, y2 = prep.box
+            lb = math.log((x2 - x1) / (y2 - y1))
             close = sorted(pool, key=lambda n: abs(self.fg_logar[n] - lb))[: 2 * self.cfg.num_neg]
             negs = [rng.choice(close) if rng.random() < self.cfg.hard_neg else n for n in negs]
         if len(negs) < self.cfg.num_neg:
@@ -123,13 +121,14 @@ class PairDataset(Dataset):
         r, pool = self.records[i], self.bg_pool[i]
         if not pool:
             raise DatasetError(f"training background {r.name!r}: --neg-bg needs another background of class {r.category!r}")
-        out = []
-        for j in rng.sample(range(max(len(pool), self.cfg.neg_bg)), self.cfg.neg_bg):
-            o = self.by_name[pool[j % len(pool)]]
-            img = load_image(o.bg_path, what="background")
-            w, h = img.size
-            out.append(prepare_background(img, jitter_box(norm_to_pixel_box(o.bbox, w, h), w, h, self.cfg.box_jitter, rng), self.pcfg))
-        return out
+        return [self._background(self.by_name[pool[j % len(pool)]], rng)
+                for j in rng.sample(range(max(len(pool), self.cfg.neg_bg)), self.cfg.neg_bg)]
+
+    def _background(self, r: TrainRecord, rng: random.Random):
+        """``r``'s background with its box jittered (``box_jitter``), prepared for both models."""
+        bg = load_image(r.bg_path, what="background")
+        w, h = bg.size
+        return prepare_background(bg, jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, self.cfg.box_jitter, rng), self.pcfg)
 
 
 class ResumableSampler(Sampler):

@@ -9,7 +9,6 @@ Prints mean ± std Recall@1 over box seeds 0-4 for each ``w``.
 """
 import argparse
 import os
-import random
 import sys
 
 import numpy as np
@@ -17,8 +16,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fos.data import load_train  # noqa: E402
+from fos.evaluate import query_box  # noqa: E402
 from fos.metrics import average_over_categories, sfosd_metrics  # noqa: E402
-from fos.preprocess import geometry_batch, jitter_box, norm_to_pixel_box  # noqa: E402
+from fos.preprocess import geometry_batch  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", default="../shared/data/msrc-fos")
@@ -33,8 +33,7 @@ for seed in range(5):
         rows = []
         for r in rs:
             with Image.open(r.bg_path) as im:
-                w, h = im.size
-            box = jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, 0.5, random.Random(f"{seed}:{r.name}"))
+                box = query_box(r, *im.size, box_jitter=0.5, seed=seed)  # the loose boxes of fos.evaluate
             rows.append(geometry_batch(box, fg_sizes[c]))
         geo[(seed, c)] = np.stack(rows)
 print("w      train R@1 (loose boxes, seeds 0-4)")

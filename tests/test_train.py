@@ -112,3 +112,18 @@ def test_negative_backgrounds(data_root):
     assert app["kd"].item() == pytest.approx(zero["kd"].item(), rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="kd-on"):
         T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, kd_on="pixels"))
+
+
+def test_hard_negatives_are_the_closest_in_aspect(data_root):
+    from fos.config import PreprocessCfg
+    from fos.data import load_train
+
+    recs = [r for r in load_train(data_root) if r.category == "cow"]
+    ds = T.PairDataset(recs, cfg(data_root, "unused", num_neg=2, hard_neg=1.0, aug_prob=0.0), PreprocessCfg(),
+                       student_inputs=False)
+    for i in range(3):
+        item = ds[i]
+        lb = float(item["geom"][0, 0])  # log aspect of this item's (jittered) box
+        close = sorted(ds.neg_pool[i], key=lambda n: abs(ds.fg_logar[n] - lb))[:4]
+        allowed = {round(ds.fg_logar[n], 4) for n in close}
+        assert {round(float(g[1]), 4) for g in item["geom"][1:]} <= allowed  # every negative's log aspect
