@@ -1,9 +1,10 @@
 """Foreground object search demo (Gradio): ``python app.py`` locally, or as a Hugging Face Space.
 
-Loads once at start: the shipped weights (``weights/``), the best available backend (TensorRT, then
-ONNX Runtime, exporting the graphs once if needed, then torch) and the default foreground library
-(``assets/library``, encoded into ``weights/library`` on first start). A person uploads a background
-or picks an example, draws a box, picks a category, and sees the ranked cutouts with their composites.
+Loads once at start (:func:`fos.bootstrap.prepare`): the shipped weights (``weights/``), the best
+available backend (TensorRT, then ONNX Runtime, exporting the graphs once if needed, then torch) and
+the default foreground library (``assets/library``, encoded into ``weights/library-<sha12>`` on first
+start) or the library named by ``FOS_LIBRARY``. A person uploads a background or picks an example,
+draws a box, picks a category, and sees the ranked cutouts with their composites.
 """
 
 import logging
@@ -16,17 +17,19 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from fos.app_support import ensure_library
+from fos.bootstrap import prepare
+from fos.checkpoint import WeightsError
 from fos.data import DatasetError
 from fos.examples import load_examples
 from fos.library import LibraryError
-from fos.preprocess import InputError, load_image, paste_foreground, validate_box
+from fos.preprocess import InputError, PreparedBackground, fit_composite, load_image, zoom_box
 from fos.runtime import BackendError
 from fos.search import EngineCfg, SearchEngine
+from fos.threads import set_threads
 
 log = logging.getLogger("fos.app")
 WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
-LIBRARY = os.environ.get("FOS_LIBRARY", os.path.join(WEIGHTS, "library"))
+LIBRARY = os.environ.get("FOS_LIBRARY") or None  # None: the default library, built from assets/library
 BACKEND = os.environ.get("FOS_BACKEND", "auto")
 MAX_UPLOADS = 20
 # Composites are written here under unique names and handed to Gradio as paths: Gradio copies a path
@@ -34,7 +37,7 @@ MAX_UPLOADS = 20
 # identical image, which races with a concurrent download of that file (identical queries).
 OUT_DIR = os.path.join(tempfile.gettempdir(), f"fos-app-{os.getpid()}")
 OUT_TTL_S = 600
-USER_ERRORS = (InputError, LibraryError, BackendError, DatasetError, ValueError)
+USER_ERRORS = (InputError, LibraryError, BackendError, DatasetError, WeightsError, ValueError)
 
 try:  # the box-drawing component; a two-click fallback works without it
     from gradio_image_annotation import image_annotator
@@ -46,7 +49,8 @@ except ImportError:  # pragma: no cover - depends on the install
 
 def load_engine() -> SearchEngine:
     t0 = time.time()
-    lib, backend = ensure_library(WEIGHTS, LIBRARY, backend=BACKEND)
+    log.info("torch and onnxruntime use %d CPU threads (FOS_THREADS to change)", set_threads())
+    lib, backend = prepare(WEIGHTS, LIBRARY, BACKEND)
     eng = SearchEngine(lib, backend, EngineCfg())
     log.info("ready in %.1fs: %d library items in %d categories, backend %s", time.time() - t0, len(lib),
              len(lib.category_names()), backend.description)
@@ -78,12 +82,12 @@ def box_from_annotation(value) -> tuple[np.ndarray | None, tuple | None]:
     return img, box
 
 
-def composite_for(bg: Image.Image, box, r) -> Image.Image:
-    fg = r.image if r.image is not None else load_image(r.path, "RGBA")
+def composite_for(engine: SearchEngine, bg: PreparedBackground, r) -> Image.Image:
+    """The composite a person judges (and the teacher rerank scores): ``fit``, full size."""
     try:
-        return paste_foreground(bg, box, fg)
-    except InputError:
-        return bg
+        return fit_composite(bg, engine.cutout(r), r.mask, engine.pcfg)
+    except InputError:  # a cutout with no object pixels: show the background, the table says which
+        return bg.image
 
 
 def prune_outputs() -> None:
@@ -108,31 +112,33 @@ def save_output(img: Image.Image) -> str:
 
 
 def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: int, uploads: list | None):
-    """Everything one search needs; returns (gallery, table rows, info markdown, first composite)."""
+    """Everything one search needs; returns (gallery of close-ups around the box, table rows, info
+    markdown, the first full composite, every full composite)."""
     if image is None:
         raise InputError("no background: upload an image or pick an example")
-    bg = load_image(image, "RGB", what="background")
     if box is None:
         raise InputError("no box: draw a box on the background (or type x1,y1,x2,y2)")
-    box = validate_box(box, *bg.size)
     if not category:
         raise InputError("no category: choose what kind of object should go in the box")
-    q = engine.encode(bg, box)
+    bg = engine.scoring.prepare(image, box)  # loads the image and validates the box, once
+    q = engine.encode_prepared(bg)
     out = engine.rank(q, category, int(k), rerank=int(rerank), extra=uploads or None)
     t0 = time.perf_counter()
-    gallery, rows = [], []
+    gallery, rows, fulls = [], [], []
     prune_outputs()
+    zoom = zoom_box(bg)
     for rank, r in enumerate(out.results, 1):
-        comp = save_output(composite_for(bg, box, r))
+        comp = composite_for(engine, bg, r)
+        fulls.append(save_output(comp))
         src = "your upload" if r.image is not None else "library"
-        gallery.append((comp, f"#{rank} {r.score:.3f} {r.id}"))
+        gallery.append((save_output(comp.crop(zoom)), f"#{rank} {r.score:.3f} {r.id}"))
         rows.append([rank, r.id, round(r.score, 4), round(r.student_score, 4),
                      "" if r.teacher_score is None else round(r.teacher_score, 4), src])
     timings = {**q.timings, **out.timings_ms, "composites": (time.perf_counter() - t0) * 1e3}
     info = (f"**backend:** {engine.backend.description} · **candidates:** {out.n_candidates} "
-            f"(scored {out.n_scored}) · **box:** {box}\n\n"
+            f"(scored {out.n_scored}) · **box:** {bg.box}\n\n"
             + " · ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
-    return gallery, rows, info, (gallery[0][0] if gallery else None)
+    return gallery, rows, info, (fulls[0] if fulls else None), fulls
 
 
 def build_demo(engine: SearchEngine):
@@ -194,20 +200,22 @@ def build_demo(engine: SearchEngine):
         typed = parse_box_text(box_text)
         box = typed if typed is not None else box
         uploads = (state or {}).get("items")
-        gallery, rows, info, big = run_search(engine, image, box, category, k, n_rerank if use_teacher else 0, uploads)
-        return gallery, rows, info, big
+        gallery, rows, info, big, fulls = run_search(engine, image, box, category, k, n_rerank if use_teacher else 0,
+                                                     uploads)
+        return gallery, rows, info, big, fulls
 
-    def on_select(evt: gr.SelectData, gallery):
-        if gallery and evt.index is not None:
-            item = gallery[evt.index]
-            return item[0] if isinstance(item, (list, tuple)) else item
+    def on_select(evt: gr.SelectData, fulls):
+        if fulls and evt.index is not None and evt.index < len(fulls):
+            return fulls[evt.index]  # the full composite of the close-up that was clicked
         return None
 
     with gr.Blocks(title="Foreground object search") as demo:
         gr.Markdown("# Foreground object search (DiscoFOS)\nUpload a background (or pick an example), draw a box "
-                    "where an object should go, choose its category, and get the library's cutouts ranked by how "
-                    "well they fit (viewpoint, scale, lighting, style), with a composite of each.")
+                    "where an object should go, choose its category, and get the library's cutouts ranked by a learned "
+                    "compatibility score, with a composite of each. On the test data the score's lead over chance "
+                    "comes mostly from the box's shape and size (see the README's results).")
         state = gr.State({})
+        fulls = gr.State([])  # full-size composites of the last search, in rank order
         with gr.Row():
             with gr.Column(scale=3):
                 if HAVE_ANNOTATOR:
@@ -240,8 +248,9 @@ def build_demo(engine: SearchEngine):
                 btn = gr.Button("Search", variant="primary", elem_id="search")
         info = gr.Markdown(elem_id="info")
         with gr.Row():
-            gallery = gr.Gallery(label="Ranked composites", columns=4, height=420, elem_id="gallery")
-            big = gr.Image(label="Selected composite", interactive=False, elem_id="big")
+            gallery = gr.Gallery(label="Ranked composites (close-up around the box; click one for the whole photo)",
+                                 columns=4, height=420, elem_id="gallery")
+            big = gr.Image(label="Selected composite (whole photo)", interactive=False, elem_id="big")
         table = gr.Dataframe(headers=["rank", "id", "score", "student", "teacher", "source"], label="Ranking",
                              elem_id="table")
         if examples:
@@ -274,8 +283,8 @@ def build_demo(engine: SearchEngine):
         bg_file.upload(on_upload_bg, bg_file, annot, api_name="upload_background")
         fg_files.upload(on_upload_fg, [fg_files, state], [state, fg_msg], api_name="upload_foregrounds")
         btn.click(on_search, [annot, box_text, category, k, use_teacher, n_rerank, state],
-                  [gallery, table, info, big], api_name="search", concurrency_limit=2)
-        gallery.select(on_select, gallery, big, api_name=False)
+                  [gallery, table, info, big, fulls], api_name="search", concurrency_limit=2)
+        gallery.select(on_select, fulls, big, api_name=False)
     return demo
 
 

@@ -58,18 +58,19 @@ def table(rows: list[dict], cols: list[str]) -> str:
 def bench_latency(backends: list[str], batches: list[int], weights: str = "weights", seconds: float = 1.0,
                   device: str = "cpu") -> list[dict]:
     from fos.runtime import TorchBackend, get_backend
+    from fos.weights import WeightsDir
 
     rows = []
     made = {}
     for name in backends:
         if name == "torch" and device != "cpu":
-            made[f"torch-{device}-fp32"] = TorchBackend(weights, device=device)
-            made[f"torch-{device}-fp16"] = TorchBackend(weights, device=device, half=True)
+            made[f"torch-{device}-fp32"] = TorchBackend(WeightsDir(weights), device=device)
+            made[f"torch-{device}-fp16"] = TorchBackend(WeightsDir(weights), device=device, half=True)
         else:
             made[name] = get_backend(name, weights)
     any_b = next(iter(made.values()))
     s = any_b.preprocess_cfg.image_size
-    bg_part, _ = any_b.encode_background(np.zeros((1, 3, s, s), np.float32), np.array([[20, 20, 180, 200.0]], np.float32))
+    bg_part, _ = any_b.student_bg(np.zeros((1, 3, s, s), np.float32), np.array([[20, 20, 180, 200.0]], np.float32))
     d = bg_part.shape[1:]
     rng = np.random.default_rng(0)
     for bs in batches:
@@ -81,9 +82,9 @@ def bench_latency(backends: list[str], batches: list[int], weights: str = "weigh
         for label, b in made.items():
             jobs = {
                 "teacher": lambda b=b: b.teacher(img, geom),
-                "student_bg": lambda b=b: b.encode_background(img, box),
-                "student_fg": lambda b=b: b.encode_foreground(img),
-                "student_head": lambda b=b: b.head(bgp, fgp, geom),
+                "student_bg": lambda b=b: b.student_bg(img, box),
+                "student_fg": lambda b=b: b.student_fg(img),
+                "student_head": lambda b=b: b.student_head(bgp, fgp, geom),
             }
             for graph, fn in jobs.items():
                 r = timeit(fn, min_seconds=seconds)
@@ -95,55 +96,44 @@ def bench_latency(backends: list[str], batches: list[int], weights: str = "weigh
 
 # --------------------------------------------------------------------------- retrieval
 def synthetic_library(real, n: int, seed: int = 0):
-    """A library object with ``n`` synthetic items in one category (worst case: all are candidates)."""
+    """A library with ``n`` synthetic items in one category (worst case: all are candidates)."""
     from fos.library import Library
 
     rng = np.random.default_rng(seed)
-    lib = Library.__new__(Library)
-    e = real.emb.shape[1]
-    emb = rng.normal(size=(n, e)).astype(np.float32)
-    lib.emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+    emb = rng.normal(size=(n, real.emb.shape[1])).astype(np.float32)
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
     pick = rng.integers(0, len(real), n)
-    lib.fmap = real.fmap[pick]  # real foreground maps, resampled
-    lib.items = [dict(real.items[i], id=f"synthetic-{j}", category="bench") for j, i in enumerate(pick)]
-    lib.categories = np.array(["bench"] * n)
-    lib.ids = [it["id"] for it in lib.items]
-    lib.meta = dict(real.meta)
-    lib.root = "<synthetic>"
-    return lib
+    items = [{**real.items[i], "id": f"synthetic-{j}", "category": "bench", "path": real.path(i)}
+             for j, i in enumerate(pick)]
+    for it in items:
+        it.pop("file", None)
+    return Library.from_arrays(items, emb, real.fmap[pick], dict(real.meta))
 
 
-def bench_retrieval(weights: str, library: str, sizes: list[int], k: int, rerank: int, backend: str,
-                    data: str | None, seconds: float) -> dict:
-    from fos.library import Library
-    from fos.preprocess import foreground_input, prepare_background, teacher_input
-    from fos.runtime import get_backend
+def bench_retrieval(backend, real, sizes: list[int], k: int, rerank: int, data: str | None, seconds: float) -> dict:
+    """Per-stage query latency on synthetic libraries of ``sizes`` items made from the real library ``real``."""
+    from fos.examples import load_examples
+    from fos.preprocess import load_image
+    from fos.scoring import Scoring
     from fos.search import EngineCfg, SearchEngine
 
-    b = get_backend(backend, weights)
-    real = Library(library)
-    ex = real.items[0]
-    from fos.examples import load_examples
-
+    b = backend
+    scoring = Scoring(b)
     exs = load_examples()
-    bg_img, box = (exs[0]["image"], exs[0]["box"]) if exs else (ex["path"], (0, 0, ex["width"], ex["height"]))
-    prep = prepare_background(bg_img, box, b.preprocess_cfg)
+    bg_img, box = (exs[0]["image"], exs[0]["box"]) if exs else (real.path(0), (0, 0, real.sizes[0][0], real.sizes[0][1]))
+    q = scoring.query(bg_img, box)
     rows = []
-    # per-pair costs of the two slow ways, measured on one batch, scaled linearly by library size
-    fg_paths = [it["path"] for it in real.items[:32]]
-    fgs = np.stack([foreground_input(p, b.preprocess_cfg).numpy() for p in fg_paths])
-    bgs = np.repeat(prep.tensor[None].numpy(), len(fgs), 0)
-    boxes = np.repeat(prep.crop_box_net[None].numpy(), len(fgs), 0)
-    geom = np.zeros((len(fgs), GEOMETRY_DIM), np.float32)
+    # per-pair costs of the two slow ways, measured on one batch of real cutouts, scaled linearly by library size
+    fgs = [load_image(real.path(i), "RGBA") for i in range(min(32, len(real)))]
 
     def official_pairs():  # both encoders rerun for every pair, then the head
-        bp, _ = b.encode_background(bgs, boxes)
-        fp, _ = b.encode_foreground(fgs)
-        return b.head(bp, fp, geom)
+        x = np.stack([q.bg.tensor.numpy()] * len(fgs))
+        bp, _ = b.student_bg(x, np.stack([q.bg.crop_box_net.numpy()] * len(fgs)))
+        fp, _ = scoring.encode_foregrounds(fgs)
+        return b.student_head(bp, fp.astype(np.float32), scoring.geometry(q, [im.size for im in fgs]))
 
     def teacher_pairs():  # composite + teacher forward for every pair
-        x = np.stack([teacher_input(prep, p, b.preprocess_cfg).numpy() for p in fg_paths])
-        return b.teacher(x, geom)
+        return scoring.teacher(q, fgs)
 
     per_pair_official = timeit(official_pairs, 3, seconds)["p50_ms"] / len(fgs)
     per_pair_teacher = timeit(teacher_pairs, 3, seconds)["p50_ms"] / len(fgs)
@@ -208,43 +198,48 @@ def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5) -> l
 
 
 def main(argv=None) -> int:
+    from fos import cli
+
     p = argparse.ArgumentParser(prog="python -m fos.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["retrieval", "latency"])
     p.add_argument("--weights", default="weights")
     p.add_argument("--backend", default=None, help="retrieval: one backend (default auto); latency: a comma list")
-    p.add_argument("--batch", default="1,8,64")
+    p.add_argument("--batch", type=cli.int_list, default=[1, 8, 64])
     p.add_argument("--device", default="cpu", help="latency: torch device (cuda adds torch fp32 and fp16 rows)")
-    p.add_argument("--library", default="weights/library", help="retrieval: a built library (real feature maps)")
-    p.add_argument("--sizes", default="1000,10000,100000")
-    p.add_argument("--k", type=int, default=200)
-    p.add_argument("--rerank", type=int, default=0)
+    p.add_argument("--library", default=None,
+                   help="retrieval: a built library for real feature maps (default: the app's default library)")
+    p.add_argument("--sizes", type=cli.int_list, default=[1000, 10000, 100000])
+    p.add_argument("--k", type=cli.nonneg_int, default=200)
+    p.add_argument("--rerank", type=cli.nonneg_int, default=0)
     p.add_argument("--data", default="../shared/data/msrc-fos", help="retrieval: dataset for the Recall@1-vs-K table")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per point")
     p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
-    if a.what == "latency":
-        rows = bench_latency((a.backend or "torch,onnxruntime").split(","), [int(x) for x in a.batch.split(",")],
-                             a.weights, a.seconds, a.device)
-        res = {"machine": machine(), "rows": rows}
-        print(f"machine: {res['machine']}")
-        print(table(rows, ["graph", "backend", "batch", "p50_ms", "p90_ms", "items_per_s"]))
-    else:
-        from fos.app_support import ensure_library
+    cli.add_threads(p)
 
-        ensure_library(a.weights, a.library, backend=a.backend or "auto")
-        res = bench_retrieval(a.weights, a.library, [int(x) for x in a.sizes.split(",")], a.k, a.rerank,
-                              a.backend or "auto", a.data, a.seconds)
-        print(f"machine: {res['machine']}; backend: {res['backend']}")
-        print(table(res["rows"], ["items", "K", "end_to_end_ms", "qps", "background_encode_ms", "prefilter_ms",
-                                  "head_ms", "rerank_ms", "teacher_every_pair_ms", "speedup_vs_teacher",
-                                  "official_every_pair_ms", "speedup_vs_official"]))
-        if res["recall_vs_k"]:
-            print(table(res["recall_vs_k"], ["K", "recall@1", "recall@5", "library_items", "queries"]))
-    out = a.json or f"runs/bench_{a.what}.json"
-    atomic_write_json(out, res)
-    print(f"wrote {os.path.abspath(out)}")
-    return 0
+    def run(a) -> int:
+        if a.what == "latency":
+            rows = bench_latency((a.backend or "torch,onnxruntime").split(","), a.batch, a.weights, a.seconds, a.device)
+            res = {"machine": machine(), "rows": rows}
+            print(f"machine: {res['machine']}")
+            print(table(rows, ["graph", "backend", "batch", "p50_ms", "p90_ms", "items_per_s"]))
+        else:
+            from fos.bootstrap import prepare
+
+            real, b = prepare(a.weights, a.library, a.backend or "auto")
+            res = bench_retrieval(b, real, a.sizes, a.k, a.rerank, a.data, a.seconds)
+            print(f"machine: {res['machine']}; backend: {res['backend']}")
+            print(table(res["rows"], ["items", "K", "end_to_end_ms", "qps", "background_encode_ms", "prefilter_ms",
+                                      "head_ms", "rerank_ms", "teacher_every_pair_ms", "speedup_vs_teacher",
+                                      "official_every_pair_ms", "speedup_vs_official"]))
+            if res["recall_vs_k"]:
+                print(table(res["recall_vs_k"], ["K", "recall@1", "recall@5", "library_items", "queries"]))
+        out = a.json or f"runs/bench_{a.what}.json"
+        atomic_write_json(out, res)
+        print(f"wrote {os.path.abspath(out)}")
+        return 0
+
+    return cli.run(run, p, argv)
 
 
 if __name__ == "__main__":

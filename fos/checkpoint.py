@@ -9,7 +9,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -29,13 +29,15 @@ def _read_umask() -> int:
 _FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename: readers see
+    the old file or the whole new one, and a failed write leaves the old file in place."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -44,23 +46,16 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def file_sha256(path: str) -> str:
@@ -74,6 +69,25 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def state_dict_cpu(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def weights_sha256(model_or_path) -> str:
+    """Identity of weights: the sha256 of a weights file, or of the safetensors bytes that
+    :func:`save_checkpoint` would write for an in-memory model (equal to its file's sha256)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return file_sha256(os.fspath(model_or_path))
+    sha = getattr(model_or_path, "weights_sha256", "")
+    if sha:
+        return sha
+    import hashlib
+
+    from safetensors.torch import save
+
+    return hashlib.sha256(save(state_dict_cpu(model_or_path))).hexdigest()
+
+
 def sidecar(path: str) -> str:
     return os.path.splitext(path)[0] + ".json"
 
@@ -82,8 +96,7 @@ def save_checkpoint(model, path: str, preprocess: PreprocessCfg | None = None, *
     """Write ``path`` (safetensors) and its JSON config atomically."""
     from safetensors.torch import save
 
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(sd))
+    atomic_write_bytes(path, save(state_dict_cpu(model)))
     info = {"model_name": getattr(model, "model_name", model.cfg.kind), "model_cfg": to_dict(model.cfg),
             "preprocess_cfg": to_dict(preprocess or PreprocessCfg()), **meta}
     atomic_write_json(sidecar(path), info)
@@ -172,6 +185,7 @@ def load_checkpoint(path: str, model_name: str | None = None):
         model.preprocess_cfg = PreprocessCfg()
         model.checkpoint_info = {}
     load_state_dict_checked(model, clean_keys(read_state_dict(path)), source=path)
+    model.weights_sha256 = file_sha256(path)
     return model.eval()
 
 

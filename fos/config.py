@@ -5,18 +5,26 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
-def _from_dict(cls, d: dict[str, Any] | Any):
-    if isinstance(d, cls):
-        return d
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected some of {sorted(names)}")
-    return cls(**d)
+class Cfg:
+    """Mixin: ``from_dict`` that names unknown fields; ``LEGACY`` fills fields missing from saved configs."""
+
+    LEGACY: dict[str, Any] = {}  # value of a field in configs saved before the field existed
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | Any):
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__} must be an object of fields, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected some of {sorted(names)}")
+        return cls(**{**{k: v for k, v in cls.LEGACY.items() if k not in d}, **d})
 
 
 @dataclass
-class PreprocessCfg:
+class PreprocessCfg(Cfg):
     """How images become tensors. Shared by training, evaluation, export, benchmark and app."""
 
     image_size: int = 224  # square network input, as in the paper
@@ -27,38 +35,38 @@ class PreprocessCfg:
     crop_scale: float = 2**0.5  # teacher crop: box width and height enlarged by sqrt(2) (twice the area)
     max_pixels: int = 40_000_000  # refuse larger images with a clear error
 
-    @classmethod
-    def from_dict(cls, d):
-        return _from_dict(cls, d)
 
 
 @dataclass
-class ModelCfg:
-    """Architecture of a teacher or a student. Stored next to every checkpoint."""
+class ModelCfg(Cfg):
+    """Architecture of a teacher or a student. Stored next to every checkpoint.
+
+    The defaults are the registered ``student``; fields added after the first checkpoints were saved
+    read their old value from ``LEGACY`` when a saved config lacks them.
+    """
+
+    LEGACY = {"geometry_dims": 3, "linear_features": False}
 
     kind: str = "student"  # "student" or "teacher"
-    backbone: str = "mobilenet_v2"  # "mobilenet_v2" or "vgg19"
+    backbone: str = "mobilenet_v2"  # "mobilenet_v2", "vgg19" or "tiny" (random-init test network)
     pretrained: bool = True  # ImageNet init of the backbone when building from scratch
     proj_dim: int | None = 128  # 1x1 projection of the backbone map; None keeps the backbone width
     embed_dim: int | None = 128  # linear embedding for the triplet loss / prefilter; None = pooled map
     geometry: bool = True  # feed box and foreground geometry (fos.preprocess.geometry_batch) to the classifier
     # how many geometry columns the classifier reads: 3 = aspect terms only (checkpoints made before
     # the field existed), 5 = aspect and resolution (scale) terms
-    geometry_dims: int = 3
+    geometry_dims: int = 5
     # projections and the distillation feature without ReLU. A ReLU projection trained at the heads'
     # learning rate died (1 of 128 live channels in the background encoder); a linear map cannot.
     # False (ReLU) is what checkpoints made before this field existed use.
-    linear_features: bool = False
+    linear_features: bool = True
     align_size: int = 7  # RoIAlign output size
     sampling_ratio: int = 2  # RoIAlign samples per bin side; <= 0 means adaptive (torchvision's -1)
 
-    @classmethod
-    def from_dict(cls, d):
-        return _from_dict(cls, d)
 
 
 @dataclass
-class TrainCfg:
+class TrainCfg(Cfg):
     """Hyper-parameters of ``python -m fos.train``."""
 
     data: str = "../shared/data/msrc-fos"
@@ -89,7 +97,7 @@ class TrainCfg:
     kd_on: str = "score"  # "score": the full logits; "appearance": both logits without their geometry terms
     teacher: str = "weights/teacher.safetensors"  # used by the student only
     seed: int = 0
-    threads: int = 0  # torch threads, 0 = torch default
+    threads: int = 0  # torch threads; 0 = fos.threads.default_threads()
     workers: int = 2  # data loader processes
     max_steps: int = 0  # stop after this many steps (0 = no limit); for smoke tests
     limit: int = 0  # use only the first N training backgrounds (0 = all)
@@ -99,13 +107,33 @@ class TrainCfg:
         if self.kd_on not in ("score", "appearance"):
             raise ValueError(f"--kd-on must be 'score' or 'appearance', got {self.kd_on!r}")
 
-    @classmethod
-    def from_dict(cls, d):
-        return _from_dict(cls, d)
+
+
+@dataclass
+class EngineCfg(Cfg):
+    """The search cascade (:class:`fos.search.SearchEngine`)."""
+
+    prefilter_k: int = 200  # embedding prefilter keeps this many per query; 0 = score every candidate
+    index: str = "flat"  # local store index: flat (exact), hnsw or ivf (approximate)
+    store: str = "local"  # local or milvus
+    milvus_uri: str | None = None  # e.g. fos_milvus.db (Milvus Lite) or http://host:19530
+    head_batch: int = 512  # candidates per head batch
+    rerank: int = 0  # teacher re-scores the top N (0 = off)
+
+    def __post_init__(self):
+        for name in ("prefilter_k", "head_batch", "rerank"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "head_batch" else 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a whole number >= "
+                                 f"{1 if name == 'head_batch' else 0}, got {v!r}")
+        if self.index not in ("flat", "hnsw", "ivf"):
+            raise ValueError(f"unknown index {self.index!r}; use flat (exact), hnsw or ivf")
+        if self.store not in ("local", "milvus"):
+            raise ValueError(f"unknown vector store {self.store!r}; use local or milvus")
 
 
 def to_dict(cfg) -> dict[str, Any]:
     return asdict(cfg)
 
 
-__all__ = ["PreprocessCfg", "ModelCfg", "TrainCfg", "to_dict", "field"]
+__all__ = ["Cfg", "PreprocessCfg", "ModelCfg", "TrainCfg", "EngineCfg", "to_dict", "field"]

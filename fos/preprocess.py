@@ -7,23 +7,30 @@ Geometry follows the DiscoFOS paper and the official FOSD loaders:
 * the query box is filled with gray 128 in the background;
 * student background input: the whole filled background resized to ``image_size`` squared;
 * student foreground input: the cutout (object on white) padded to a square with 255, resized;
-* teacher input: the foreground resized into the box of the filled background, then a crop around
-  the box whose width and height are enlarged by sqrt(2) (``int(w * (sqrt(2) - 1) / 2)`` per side,
-  clamped to the image), resized to ``image_size`` squared;
+* teacher input: a composite, cropped around the box with its width and height enlarged by sqrt(2)
+  (``int(w * (sqrt(2) - 1) / 2)`` per side, clamped to the image), resized to ``image_size`` squared;
 * normalization ``(x / 255 - mean) / std`` with mean = std = 0.5, written only in :func:`to_tensor`.
+
+Two compositing rules, named for what they are (``COMPOSITES``):
+
+* ``stretch``: :func:`stretch_composite`, DiscoFOS's: the cutout (object on white) resized to fill the
+  box of the gray-filled background. The teacher was trained on it and the evaluation scores it.
+* ``fit``: :func:`fit_composite`, what a person sees: the cutout keeps its aspect ratio, fits inside
+  the box standing on its bottom edge, and only its object pixels are pasted (mask eroded by one
+  pixel and feathered, so no white fringe) on the original photo. The app shows it, and its teacher
+  rerank scores exactly the composite it shows.
 """
 from __future__ import annotations
 
 import io
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageFilter, UnidentifiedImageError
 
 from fos.config import PreprocessCfg
 
@@ -56,23 +63,22 @@ def load_image(src, mode: str = "RGB", cfg: PreprocessCfg = DEFAULT_CFG, what: s
     else:
         name = "<bytes>" if isinstance(src, (bytes, bytearray)) else os.fspath(src)
         if not isinstance(src, (bytes, bytearray)) and not os.path.isfile(name):
-            raise InputError(f"{what} {name!r} does not exist or is not a file")
+            raise InputError(f"{what} {os.path.basename(name)!r} does not exist or is not a file")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else name)
-                w, h = img.size
-                if w * h > cfg.max_pixels:
-                    raise InputError(
-                        f"{what} {name!r} is {w}x{h} = {w * h / 1e6:.0f} MP, over the limit of "
-                        f"{cfg.max_pixels / 1e6:.0f} MP; downscale it first"
-                    )
-                img.load()
+            img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else name)
+            w, h = img.size
+            if w * h > cfg.max_pixels:
+                raise InputError(
+                    f"{what} {os.path.basename(name)!r} is {w}x{h} = {w * h / 1e6:.0f} MP, over the limit of "
+                    f"{cfg.max_pixels / 1e6:.0f} MP; downscale it first"
+                )
+            img.load()
         except InputError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as e:
-            raise InputError(f"{what} {name!r} could not be read as an image ({e}); use a PNG or JPEG file") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            reason = str(e).replace(name, os.path.basename(name))  # no server paths in messages
+            raise InputError(f"{what} {os.path.basename(name)!r} could not be read as an image ({reason}); "
+                             "use a PNG or JPEG file") from e
     w, h = img.size
     if w * h > cfg.max_pixels:
         raise InputError(f"{what} is {w}x{h}, over the limit of {cfg.max_pixels / 1e6:.0f} MP; downscale it first")
@@ -87,6 +93,9 @@ def load_image(src, mode: str = "RGB", cfg: PreprocessCfg = DEFAULT_CFG, what: s
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# load_image refuses images over PreprocessCfg.max_pixels from their header, before decoding; PIL's own
+# decompression-bomb check would otherwise answer first, for very large images, with a vaguer message.
+Image.MAX_IMAGE_PIXELS = None
 
 
 # --------------------------------------------------------------------------- boxes
@@ -114,9 +123,13 @@ def validate_box(box, width: int, height: int) -> Box:
             "keep 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height"
         )
     if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
+        hint = ""
+        if all(0 <= v <= 1 for v in vals) and (width > 2 or height > 2):
+            hint = (f"; it looks normalised to 0..1, but boxes are in pixels: multiply x by {width} and y by "
+                    f"{height}")
         raise InputError(
             f"box ({x1}, {y1}, {x2}, {y2}) is empty or too small: it needs x2 > x1 and y2 > y1 and "
-            f"sides of at least {MIN_BOX_SIDE} px"
+            f"sides of at least {MIN_BOX_SIDE} px{hint}"
         )
     return x1, y1, x2, y2
 
@@ -170,11 +183,6 @@ def geometry_batch(box: Box, fg_sizes) -> np.ndarray:
     return np.stack([lb, lf, np.abs(lb - lf), ls, np.abs(ls)], 1).astype(np.float32)
 
 
-def geometry_features(box: Box, fg_size: tuple[int, int]) -> np.ndarray:
-    """:func:`geometry_batch` of one foreground: float32 (5,)."""
-    return geometry_batch(box, [fg_size])[0]
-
-
 # --------------------------------------------------------------------------- tensors
 def to_tensor(img: Image.Image | np.ndarray, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
     """RGB uint8 HxWx3 -> float32 3xHxW normalized with ``cfg.mean`` / ``cfg.std``."""
@@ -207,8 +215,9 @@ def pad_to_square(img: Image.Image, value: int = 255) -> Image.Image:
 
 @dataclass
 class PreparedBackground:
-    """A background with its query box, ready for every model."""
+    """A background with its query box, ready for every model. The box is validated once, here."""
 
+    image: Image.Image  # the original photo (RGB)
     filled: Image.Image  # original size, box filled gray
     box: Box  # pixels of the original image
     crop_box: Box  # enlarged box, pixels of the original image
@@ -229,7 +238,7 @@ def prepare_background(bg, box, cfg: PreprocessCfg = DEFAULT_CFG) -> PreparedBac
     crop = enlarged_box(box, w, h, cfg.crop_scale)
     tensor = to_tensor(resize_square(filled, cfg.image_size), cfg)
     crop_net = torch.tensor(scale_box(crop, w, h, cfg.image_size), dtype=torch.float32)
-    return PreparedBackground(filled, box, crop, tensor, crop_net)
+    return PreparedBackground(img, filled, box, crop, tensor, crop_net)
 
 
 def foreground_input(fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
@@ -238,18 +247,38 @@ def foreground_input(fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
     return to_tensor(resize_square(pad_to_square(img, cfg.pad_value), cfg.image_size), cfg)
 
 
-def composite_crop(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """The teacher's view: foreground resized into the box, crop around the box, resized (RGB SxS)."""
+def stretch_composite(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """DiscoFOS's composite (full size): the cutout, object on white, resized to fill the box of the
+    gray-filled background. What the teacher was trained on."""
     img = load_image(fg, "RGB", cfg, what="foreground")
     x1, y1, x2, y2 = bg.box
     comp = bg.filled.copy()
     comp.paste(img.resize((x2 - x1, y2 - y1), RESAMPLE), (x1, y1))
-    return resize_square(comp.crop(bg.crop_box), cfg.image_size)
+    return comp
 
 
-def teacher_input(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
-    """3xSxS teacher input for one (background, foreground) pair."""
-    return to_tensor(composite_crop(bg, fg, cfg), cfg)
+def teacher_view(bg: PreparedBackground, composite: Image.Image, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """What the teacher sees of a full-size composite: the crop around the box, resized (RGB SxS)."""
+    return resize_square(composite.crop(bg.crop_box), cfg.image_size)
+
+
+COMPOSITES = ("stretch", "fit")
+
+
+def composite(bg: PreparedBackground, fg, rule: str = "stretch", mask=None,
+              cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """Full-size composite of cutout ``fg`` into ``bg``'s box by ``rule`` (see ``COMPOSITES``)."""
+    if rule == "stretch":
+        return stretch_composite(bg, fg, cfg)
+    if rule == "fit":
+        return fit_composite(bg, fg, mask, cfg)
+    raise InputError(f"unknown composite rule {rule!r}; use one of {', '.join(COMPOSITES)}")
+
+
+def teacher_input(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG, rule: str = "stretch",
+                  mask=None) -> torch.Tensor:
+    """3xSxS teacher input for one (background, foreground) pair, composited by ``rule``."""
+    return to_tensor(teacher_view(bg, composite(bg, fg, rule, mask, cfg), cfg), cfg)
 
 
 def context_crop(bg: PreparedBackground, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
@@ -270,36 +299,53 @@ def foreground_mask(fg: Image.Image, mask=None, white_threshold: int = 235) -> n
     return m
 
 
-def paste_foreground(background, box, fg, mask=None, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """Mask-aware composite for people to look at.
-
-    The cutout keeps its aspect ratio: it is scaled to fit inside the box, centred horizontally and
-    standing on the box's bottom edge, and only its object pixels (alpha, ``mask`` or non-white) are
-    pasted.
-
-    Args:
-        background: the background image (any size).
-        box: XYXY pixels of the background.
-        fg: cutout, RGBA or object on white.
-        mask: optional object mask of the cutout.
-    Returns:
-        RGB image of the background's size.
-    """
-    bg = load_image(background, "RGB", cfg, what="background").copy()
-    w, h = bg.size
-    x1, y1, x2, y2 = validate_box(box, w, h)
-    fg_img = fg if isinstance(fg, Image.Image) else load_image(fg, "RGBA", cfg, what="foreground")
-    m = foreground_mask(fg_img, mask)
+def object_matte(fg: Image.Image, mask=None) -> tuple[Image.Image, Image.Image]:
+    """The object of a cutout cropped to its mask's bounding box: (RGB object, L mask)."""
+    m = foreground_mask(fg, mask)
     if not m.any():
         raise InputError("the foreground has no object pixels (it is all white or fully transparent)")
     ys, xs = np.nonzero(m)
     crop = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    obj = fg_img.convert("RGB").crop(crop)
-    obj_mask = Image.fromarray((m[crop[1]:crop[3], crop[0]:crop[2]] * 255).astype(np.uint8))
+    obj = fg.convert("RGB").crop(crop)
+    return obj, Image.fromarray((m[crop[1]:crop[3], crop[0]:crop[2]] * 255).astype(np.uint8))
+
+
+def fit_composite(bg: PreparedBackground, fg, mask=None, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
+    """The composite people see (full size, on the original photo).
+
+    The cutout's object keeps its aspect ratio: it is scaled to fit inside the box, centred
+    horizontally and standing on the box's bottom edge. Only its object pixels (alpha, ``mask`` or
+    non-white) are pasted, through a mask eroded by one pixel and feathered, so the matte leaves no
+    white fringe.
+
+    Args:
+        bg: the prepared background (its box is already validated).
+        fg: cutout, RGBA or object on white (path, array or PIL image).
+        mask: optional object mask of the cutout.
+    Returns:
+        RGB image of the background's size.
+    """
+    fg_img = fg if isinstance(fg, Image.Image) else load_image(fg, "RGBA", cfg, what="foreground")
+    obj, obj_mask = object_matte(fg_img, mask)
+    x1, y1, x2, y2 = bg.box
     bw, bh = x2 - x1, y2 - y1
     s = min(bw / obj.width, bh / obj.height)
     nw, nh = max(1, round(obj.width * s)), max(1, round(obj.height * s))
     obj = obj.resize((nw, nh), RESAMPLE)
-    obj_mask = obj_mask.resize((nw, nh), RESAMPLE)
-    bg.paste(obj, (x1 + (bw - nw) // 2, y2 - nh), obj_mask)
-    return bg
+    alpha = obj_mask.resize((nw, nh), RESAMPLE)
+    if min(nw, nh) >= 8:  # erode the matte by one pixel, then feather it
+        alpha = alpha.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(0.8))
+    out = bg.image.copy()
+    out.paste(obj, (x1 + (bw - nw) // 2, y2 - nh), alpha)
+    return out
+
+
+def zoom_box(bg: PreparedBackground, scale: float = 2.0, min_side: int = 96) -> Box:
+    """A region around the box for looking at a composite closely: the box grown ``scale`` times per
+    side (at least ``min_side`` px where the image allows), clamped to the image."""
+    w, h = bg.size
+    x1, y1, x2, y2 = bg.box
+    bw, bh = max(x2 - x1, min_side / scale), max(y2 - y1, min_side / scale)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    hw, hh = bw * scale / 2, bh * scale / 2
+    return (max(0, int(cx - hw)), max(0, int(cy - hh)), min(w, int(math.ceil(cx + hw))), min(h, int(math.ceil(cy + hh))))

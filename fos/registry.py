@@ -18,36 +18,57 @@ def register_model(fn: Callable[[], ModelCfg]) -> Callable[[], ModelCfg]:
 @register_model
 def teacher() -> ModelCfg:
     """MobileNetV2 composite discriminator with a 128-channel distillation target (default)."""
-    return ModelCfg(kind="teacher", backbone="mobilenet_v2", proj_dim=128, embed_dim=None, geometry=True,
-                    linear_features=True, geometry_dims=5)
+    return ModelCfg(kind="teacher", embed_dim=None)
 
 
 @register_model
 def student() -> ModelCfg:
     """MobileNetV2 encoders, 128-channel head (default)."""
-    return ModelCfg(kind="student", backbone="mobilenet_v2", proj_dim=128, embed_dim=128, geometry=True,
-                    linear_features=True, geometry_dims=5)
+    return ModelCfg()
 
 
 @register_model
 def teacher_vgg19() -> ModelCfg:
     """The paper's teacher: VGG19, 512-channel map, no projection."""
-    return ModelCfg(kind="teacher", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1)
+    return ModelCfg(kind="teacher", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1,
+                    linear_features=False)
 
 
 @register_model
 def student_vgg19() -> ModelCfg:
     """The paper's student (official DiscoFOS checkpoint layout): VGG19, RoIConcat head on 512 channels."""
-    return ModelCfg(kind="student", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1)
+    return ModelCfg(kind="student", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1,
+                    linear_features=False)
+
+
+@register_model
+def teacher_tiny() -> ModelCfg:
+    """A tiny random-init teacher (5 conv stages, 16-channel map) for fast unit tests; never shipped."""
+    return ModelCfg(kind="teacher", backbone="tiny", pretrained=False, proj_dim=16, embed_dim=None)
+
+
+@register_model
+def student_tiny() -> ModelCfg:
+    """A tiny random-init student matching ``teacher_tiny`` for fast unit tests; never shipped."""
+    return ModelCfg(kind="student", backbone="tiny", pretrained=False, proj_dim=16, embed_dim=16)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def model_cfg(name: str, **overrides) -> ModelCfg:
+class UnknownModelError(ValueError):
+    """A model name that is not registered; the message lists the registered ones."""
+
+
+def check_name(name: str) -> str:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return name
+
+
+def model_cfg(name: str, **overrides) -> ModelCfg:
+    check_name(name)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(_REGISTRY[name](), **overrides)
 

@@ -8,17 +8,14 @@ Prints mean ± std Recall@1 over box seeds 0-4 for each ``w``.
     python scripts/geometry_mix.py [--data ../shared/data/msrc-fos]
 """
 import argparse
-import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fos.data import load_train  # noqa: E402
-from fos.evaluate import query_box  # noqa: E402
-from fos.metrics import average_over_categories, sfosd_metrics  # noqa: E402
-from fos.preprocess import geometry_batch  # noqa: E402
+from fos.data import load_train
+from fos.evaluate import query_box
+from fos.evaluate.metrics import average_over_categories, sfosd_metrics
+from fos.preprocess import geometry_batch
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", default="../shared/data/msrc-fos")

@@ -76,8 +76,10 @@ def test_search_end_to_end(app_url):
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     assert all(r[1].startswith("cow/") for r in rows)
     size = Image.open(BG).size
-    for item in gallery:
-        assert Image.open(item["image"]).size == size  # composites at the background's size
+    # the gallery shows close-ups around the box (twice the box per side, clamped to the photo),
+    # the large view the whole composite
+    # box (20, 60)-(150, 170), centre (85, 115), 260x220 around it, clamped to 320x213: (0, 5)-(215, 213)
+    assert all(Image.open(item["image"]).size == (215, 208) for item in gallery)
     assert Image.open(big).size == size
     assert "backend:" in info and "background_encode" in info
     # the teacher rerank fills the teacher column of the top 3
@@ -91,6 +93,7 @@ def test_bad_inputs_give_messages_and_the_app_keeps_serving(app_url, tmp_path):
         (dict(box=None), "no box"),
         (dict(typed="10,10,9999,20"), "inside the 320x213 image"),
         (dict(typed="50,50,51,51"), "too small"),
+        (dict(typed="0.1,0.2,0.5,0.6"), "looks normalised to 0..1, but boxes are in pixels"),
         (dict(category=None), "no category"),
     ]
     for kw, msg in cases:
@@ -102,8 +105,9 @@ def test_bad_inputs_give_messages_and_the_app_keeps_serving(app_url, tmp_path):
         c.predict(handle_file(str(big)), api_name="/upload_background")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
-    with pytest.raises(Exception, match="could not be read as an image"):
+    with pytest.raises(Exception, match="could not be read as an image") as e:
         c.predict(handle_file(str(bad)), api_name="/upload_background")
+    assert "'broken.png'" in str(e.value) and "/tmp" not in str(e.value)  # no server paths in messages
     white = tmp_path / "white.png"
     Image.new("RGB", (50, 50), (255, 255, 255)).save(white)
     msg = c.predict([handle_file(str(white))], api_name="/upload_foregrounds")

@@ -7,25 +7,22 @@ import torch
 from PIL import Image
 
 import fos.library as L
-from fos.checkpoint import save_checkpoint
 from fos.checkpoint import file_sha256
 from fos.library import Library, LibraryError, write_library
-from fos.preprocess import InputError, foreground_input, geometry_features, prepare_background
-from fos.registry import build_model
+from fos.library.__main__ import main as library_main
+from fos.library.store import LocalStore, MilvusStore
+from fos.preprocess import InputError, foreground_input, geometry_batch, prepare_background
 from fos.runtime import TorchBackend
-from fos.search import EngineCfg, SearchEngine, main as search_main
-from fos.store import LocalStore, MilvusStore
+from fos.search import EngineCfg, SearchEngine
+from fos.search.__main__ import main as search_main
+from tests.conftest import save_tiny
 from tests.test_data import _copy_test
 
 
 @pytest.fixture(scope="module")
-def student_path(tmp_path_factory):
-    """A weights folder with a student whose backbones are ImageNet's (distinct embeddings; a random
-    network maps every cutout to about one point)."""
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("w")
-    save_checkpoint(build_model("student", pretrained=True), str(d / "student.safetensors"))
-    return str(d)
+def student_path(tiny_weights):
+    """The tiny random-init student and teacher (fast; distinct enough embeddings for the prefilter)."""
+    return tiny_weights
 
 
 def load_student(folder):
@@ -46,12 +43,14 @@ def test_fosd_library_keeps_names_and_metadata(fosd_lib):
     lib = Library(out)
     assert len(lib) == 18 and lib.category_names() == ["cat", "dog", "sheep"]
     it = lib.items[0]
-    assert it["id"].endswith(".jpg") and os.path.basename(it["path"]) == it["id"]
-    w, h = Image.open(it["path"]).size
-    assert (it["width"], it["height"]) == (w, h) and it["aspect"] == pytest.approx(w / h, rel=1e-5)
-    assert it["sha256"] == file_sha256(it["path"])
-    assert lib.emb.dtype == np.float16 and lib.emb.shape == (18, 128)
-    assert lib.fmap.shape == (18, 128, 7, 7)
+    assert it["id"].endswith(".jpg") and os.path.basename(it["source"]) == it["id"]
+    w, h = Image.open(it["source"]).size
+    assert (it["width"], it["height"]) == (w, h)
+    # the cutout is copied into the library, by content
+    assert lib.path(0) == os.path.join(out, "files", it["sha256"] + ".jpg") and file_sha256(lib.path(0)) == it["sha256"]
+    assert it["sha256"] == file_sha256(it["source"])
+    assert lib.emb.dtype == np.float16 and lib.emb.shape == (18, 16)
+    assert lib.fmap.shape == (18, 16, 7, 7)
 
 
 def cutout_folder(tmp_path):
@@ -70,7 +69,7 @@ def cutout_folder(tmp_path):
 def test_folder_build_skips_broken_and_add_appends(student_path, tmp_path, capsys, fosd_lib):
     src = cutout_folder(tmp_path)
     out = str(tmp_path / "lib")
-    assert L.main(["build", "--src", str(src), "--out", out, "--weights", student_path]) == 0
+    assert library_main(["build", "--src", str(src), "--out", out, "--weights", student_path]) == 0
     text = capsys.readouterr().out
     assert "skipped 2 unreadable or empty images" in text and "broken.png" in text and "empty.png" in text
     lib = Library(out)
@@ -81,7 +80,7 @@ def test_folder_build_skips_broken_and_add_appends(student_path, tmp_path, capsy
     csv = tmp_path / "more.csv"
     Image.new("RGB", (25, 25), (10, 10, 10)).save(tmp_path / "c.png")
     csv.write_text("path,category\nc.png,dog\n")
-    assert L.main(["add", "--src", str(csv), "--out", out, "--weights", student_path]) == 0
+    assert library_main(["add", "--src", str(csv), "--out", out, "--weights", student_path]) == 0
     lib2 = Library(out)
     assert len(lib2) == 3 and lib2.ids[:2] == lib.ids and file_sha256(first_shard) == before
     assert np.array_equal(lib2.emb[:2], lib.emb)
@@ -104,39 +103,80 @@ def test_failed_add_leaves_library_as_before(student_path, tmp_path, monkeypatch
     assert len(Library(out)) == 2
 
 
-def test_interrupted_build_resumes_without_recomputing(data_root, student_path, tmp_path, monkeypatch):
+def test_interrupted_build_resumes_from_its_last_batch(data_root, student_path, tmp_path, monkeypatch):
     root, _ = _copy_test(data_root, tmp_path, cats=("cat", "dog"))
     out = str(tmp_path / "lib")
-    monkeypatch.setattr(L, "SHARD", 4)
     real, calls = L.encode_items, []
 
     def flaky(model, items, *a, **k):
         calls.append([it.id for it in items])
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return real(model, items, *a, **k)
 
     monkeypatch.setattr(L, "encode_items", flaky)
     with pytest.raises(KeyboardInterrupt):
-        write_library(load_student(student_path), str(root), out, progress=False)
+        write_library(load_student(student_path), str(root), out, batch_size=4, progress=False)
     with pytest.raises(LibraryError, match="not a foreground library"):
         Library(out)  # nothing committed yet
-    monkeypatch.setattr(L, "encode_items", real)
     encoded = []
     monkeypatch.setattr(L, "encode_items", lambda m, items, *a, **k: (encoded.extend(i.id for i in items), real(m, items, *a, **k))[1])
-    res = write_library(load_student(student_path), str(root), out, progress=False)
+    res = write_library(load_student(student_path), str(root), out, batch_size=4, progress=False)
     assert res["count"] == 11
-    assert not set(calls[0]) & set(encoded)  # the first shard was not encoded again
+    # the two finished batches of 4 were not encoded again: only the interrupted batch and the rest
+    assert not (set(calls[0]) | set(calls[1])) & set(encoded) and len(encoded) == 3
     assert len(Library(out)) == 11 and not os.path.exists(os.path.join(out, ".pending"))
+    # committed as one shard; a fresh build of the same source gives the same library
+    ref = write_library(load_student(student_path), str(root), str(tmp_path / "ref"), batch_size=4, progress=False)
+    assert ref["count"] == 11 and np.array_equal(Library(out).fmap, Library(str(tmp_path / "ref")).fmap)
+
+
+def test_library_is_self_contained(data_root, student_path, tmp_path):
+    """Moving or deleting the source images after a build breaks nothing: the cutouts live in the library."""
+    import shutil
+
+    root, _ = _copy_test(data_root, tmp_path / "src", cats=("cat",))
+    write_library(load_student(student_path), str(root), str(tmp_path / "lib"), progress=False)
+    shutil.rmtree(tmp_path / "src")
+    shutil.move(str(tmp_path / "lib"), str(tmp_path / "moved"))
+    eng = SearchEngine(Library(str(tmp_path / "moved")), load_student(student_path))
+    bg = os.path.join(data_root, "test", "bg_set1", eng.lib.items[0]["id"])
+    out = eng.query(bg, (20, 30, 180, 150), "cat", k=3, rerank=2)  # rerank composites the cutouts
+    assert len(out.results) == 3 and out.results[0].teacher_score is not None
+    # a library whose files are gone is refused at load, saying what is missing
+    for f in os.listdir(tmp_path / "moved" / "files")[:1]:
+        os.unlink(tmp_path / "moved" / "files" / f)
+    with pytest.raises(LibraryError, match="lacks 1 of its cutout files"):
+        Library(str(tmp_path / "moved"))
+
+
+def test_empty_sources_are_refused_before_anything_is_written(student_path, tmp_path, capsys):
+    (tmp_path / "empty.csv").write_text("path,category\n")
+    out = tmp_path / "lib"
+    assert library_main(["build", "--src", str(tmp_path / "empty.csv"), "--out", str(out), "--weights", student_path]) == 2
+    assert "lists no items" in capsys.readouterr().err
+    assert not out.exists()
+    (tmp_path / "white").mkdir()
+    (tmp_path / "white" / "dog").mkdir()
+    Image.new("RGB", (10, 10), (255, 255, 255)).save(tmp_path / "white" / "dog" / "w.png")
+    assert library_main(["build", "--src", str(tmp_path / "white"), "--out", str(out), "--weights", student_path]) == 2
+    assert "no usable foreground" in capsys.readouterr().err and not os.path.exists(out / "shards")
+    # a non-empty folder that is not a library is never built into
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert library_main(["build", "--src", str(tmp_path / "white"), "--out", str(tmp_path / "mine"),
+                         "--weights", student_path]) == 2
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_other_weights_and_corruption_are_errors(fosd_lib, tmp_path):
     out, _ = fosd_lib
-    torch.manual_seed(1)
-    other = str(tmp_path)
-    save_checkpoint(build_model("student", pretrained=False), str(tmp_path / "student.safetensors"))
+    other = save_tiny(tmp_path / "other", seed=1)
     with pytest.raises(LibraryError, match="built with other weights"):
         SearchEngine(Library(out), load_student(other))
+    # an in-memory student is checked too (it used to skip the check)
+    with pytest.raises(LibraryError, match="built with other weights"):
+        SearchEngine(Library(out), TorchBackend(student=load_student(other).s))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "library.json").write_text(open(os.path.join(out, "library.json")).read())
@@ -159,8 +199,8 @@ def test_ranking_without_prefilter_equals_pairwise_scoring(fosd_lib, student_pat
     with torch.no_grad():
         for i in cat_idx:
             it = eng.lib.items[i]
-            fg = foreground_input(it["path"])[None]
-            g = torch.from_numpy(geometry_features(prep.box, (it["width"], it["height"])))[None]
+            fg = foreground_input(eng.lib.path(i))[None]
+            g = torch.from_numpy(geometry_batch(prep.box, [(it["width"], it["height"])]))
             pair[it["id"]] = float(student(prep.tensor[None], prep.crop_box_net[None], fg, g))
     expected = sorted(pair, key=lambda k: -pair[k])
     assert [r.id for r in res.results] == expected

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fos import metrics as M
+from fos.evaluate import metrics as M
 
 
 def test_rank_labels_descending_and_stable():

@@ -11,9 +11,33 @@ from fos.registry import build_model, list_models
 
 
 def test_registry_lists_and_rejects_unknown():
-    assert {"teacher", "student", "teacher_vgg19", "student_vgg19"} <= set(list_models())
+    assert {"teacher", "student", "teacher_vgg19", "student_vgg19", "teacher_tiny", "student_tiny"} <= set(list_models())
     with pytest.raises(ValueError, match="registered models: .*student"):
         build_model("resnet_9000")
+
+
+def test_model_cfg_defaults_are_the_registered_student_and_old_configs_load():
+    from fos.config import ModelCfg
+    from fos.registry import model_cfg
+
+    assert ModelCfg() == model_cfg("student")
+    # a config saved before geometry_dims / linear_features existed reads their old values
+    old = ModelCfg.from_dict({"kind": "student", "backbone": "mobilenet_v2"})
+    assert old.geometry_dims == 3 and old.linear_features is False
+    with pytest.raises(ValueError, match="unknown ModelCfg fields \\['colour'\\]"):
+        ModelCfg.from_dict({"colour": 1})
+
+
+def test_tiny_models_run_and_fit_each_other():
+    t, s = build_model("teacher_tiny").eval(), build_model("student_tiny").eval()
+    x, g = torch.randn(2, 3, 224, 224), torch.randn(2, 5)
+    feat, _ = t(x, g)
+    roi, _ = s.encode_background(x[:1], torch.tensor([[0.0, 0.0, 100.0, 100.0]]))
+    fmap, _ = s.encode_foreground(x)
+    dfeat, logit = s.fuse(roi, fmap, g)
+    assert feat.shape == dfeat.shape == (2, 16, 7, 7) and logit.shape == (2,)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        build_model("student_tiny", pretrained=True)
 
 
 def test_imagenet_mobilenet_loads_strictly_and_classifies():
@@ -55,6 +79,10 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(s, path, command="test")
     s2 = load_checkpoint(path)
     assert s2.model_name == "student" and s2.checkpoint_info["command"] == "test"
+    # an in-memory model and the file it was saved to have one identity (what libraries record)
+    from fos.checkpoint import file_sha256, weights_sha256
+
+    assert weights_sha256(s) == file_sha256(path) == s2.weights_sha256
     x = torch.randn(2, 3, 224, 224)
     box = torch.tensor([[0.0, 0.0, 100.0, 120.0], [20.0, 30.0, 224.0, 224.0]])
     with torch.no_grad():

@@ -8,8 +8,9 @@ from PIL import Image
 from fos.config import PreprocessCfg
 from fos.data import load_sfosd_test
 from fos.preprocess import (
-    GEOMETRY_DIM, InputError, composite_crop, enlarged_box, foreground_input, geometry_batch, geometry_features,
-    load_image, norm_to_pixel_box, paste_foreground, prepare_background, to_tensor, validate_box,
+    GEOMETRY_DIM, InputError, enlarged_box, fit_composite, foreground_input, geometry_batch, load_image,
+    norm_to_pixel_box, prepare_background, stretch_composite, teacher_input, teacher_view, to_tensor, validate_box,
+    zoom_box,
 )
 
 GRAY = (128 / 255 - 0.5) / 0.5
@@ -19,6 +20,7 @@ def solid(w, h, rgb):
     return Image.new("RGB", (w, h), rgb)
 
 
+@pytest.mark.data
 def test_norm_box_matches_fosd_int_rule_and_fg_size(data_root):
     assert norm_to_pixel_box([0.05, 0.3615, 0.365625, 0.69014], 320, 213) == (16, 76, 117, 146)  # int(76.99) = 76
     ts = load_sfosd_test(data_root)
@@ -52,7 +54,7 @@ def test_teacher_composite_geometry():
     bg = solid(400, 400, (255, 0, 0))
     prep = prepare_background(bg, (100, 100, 200, 300))  # box 100x200 -> crop (80, 59, 220, 341)
     assert prep.crop_box == (80, 59, 220, 341)
-    comp = np.asarray(composite_crop(prep, solid(30, 30, (0, 0, 255))))
+    comp = np.asarray(teacher_view(prep, stretch_composite(prep, solid(30, 30, (0, 0, 255)))))
     assert comp.shape == (224, 224, 3)
     blue = (comp[..., 2] > 200) & (comp[..., 0] < 50)
     # the foreground fills the box: 100*200 of 140*282 crop pixels
@@ -74,13 +76,13 @@ def test_to_tensor_normalization():
 
 def test_geometry_features():
     # box 200x100 (aspect 2, area 20000); cutout 50x100 (aspect 0.5, area 5000): scale sqrt(4) = 2
-    g = geometry_features((0, 0, 200, 100), (50, 100))
+    g = geometry_batch((0, 0, 200, 100), [(50, 100)])[0]
     assert g == pytest.approx([math.log(2), math.log(0.5), math.log(4), math.log(2), math.log(2)])
     many = geometry_batch((10, 10, 110, 60), [(100, 50), (400, 200), (25, 50)])  # box 100x50
     assert many.shape == (3, GEOMETRY_DIM) and many.dtype == np.float32
     assert many[:, 3] == pytest.approx([0.0, -math.log(4), math.log(2)])
     assert many[:, 2] == pytest.approx([0.0, 0.0, math.log(4)]) and (many[:, 4] == np.abs(many[:, 3])).all()
-    assert np.array_equal(many[1], geometry_features((10, 10, 110, 60), (400, 200)))
+    assert np.array_equal(many[1], geometry_batch((10, 10, 110, 60), [(400, 200)])[0])
 
 
 @pytest.mark.parametrize("box,msg", [
@@ -88,6 +90,7 @@ def test_geometry_features():
     ((10, 10, 400, 50), "inside the 320x240 image"),
     ((-1, 0, 10, 10), "inside the 320x240 image"),
     ((50, 50, 50, 90), "empty or too small"),
+    ((0.1, 0.2, 0.5, 0.6), "looks normalised to 0..1, but boxes are in pixels: multiply x by 320"),
     ((float("nan"), 0, 10, 10), "finite"),
     ("abc", "four numbers"),
 ])
@@ -108,6 +111,21 @@ def test_bad_images(tmp_path):
     with pytest.raises(InputError, match="over the limit"):
         load_image(str(big), cfg=PreprocessCfg(max_pixels=10_000))
     assert load_image(big.read_bytes()).size == (300, 300)
+    # past PIL's own decompression-bomb limit (2 x 89 MP) the message is still ours, from the header alone
+    huge = tmp_path / "huge.png"
+    import zlib
+
+    w = h = 20000
+    raw = zlib.compress(b"".join(b"\x00" + b"\x00" * w for _ in range(2)))  # 2 rows are enough for the header
+    import struct
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="20000x20000 = 400 MP, over the limit of 40 MP; downscale it first"):
+        load_image(str(huge))
 
 
 def test_transparent_png_is_flattened_on_white():
@@ -115,16 +133,36 @@ def test_transparent_png_is_flattened_on_white():
     assert np.asarray(load_image(rgba)).min() == 255
 
 
-def test_mask_aware_paste_keeps_aspect_and_skips_white():
-    bg = solid(200, 200, (0, 255, 0))
+def test_fit_composite_keeps_aspect_skips_white_and_has_no_fringe():
+    bg = prepare_background(solid(200, 200, (0, 255, 0)), (50, 50, 150, 150))
     fg = solid(100, 50, (255, 255, 255))
     fg.paste(solid(80, 50, (0, 0, 255)), (10, 0))  # object 80x50 with white margins
-    out = np.asarray(paste_foreground(bg, (50, 50, 150, 150), fg))
+    out = np.asarray(fit_composite(bg, fg))
+    assert out.shape == (200, 200, 3)
     blue = (out[..., 2] > 200) & (out[..., 1] < 50)
     ys, xs = np.nonzero(blue)
-    # object scaled by min(100/80, 100/50) = 1.25 -> 100x62, standing on the box bottom
-    assert xs.min() == 50 and xs.max() == 149
-    assert ys.max() == 149 and 149 - ys.min() + 1 == pytest.approx(62, abs=1)
-    assert out[60, 100, 1] == 255  # above the object the background stays
+    # object scaled by min(100/80, 100/50) = 1.25 -> 100x62, standing on the box bottom; the matte is
+    # eroded by one pixel and feathered, so the solid blue stays within a pixel or two of those edges
+    assert 50 <= xs.min() <= 52 and 147 <= xs.max() <= 149
+    assert 147 <= ys.max() <= 149 and 149 - ys.min() + 1 == pytest.approx(62, abs=3)
+    assert tuple(out[60, 100]) == (0, 255, 0)  # above the object the original photo stays (not gray)
+    # no white fringe anywhere: every pixel is a mix of the blue object and the green background
+    assert (out.min(axis=2) < 128).all()
     with pytest.raises(InputError, match="no object pixels"):
-        paste_foreground(bg, (50, 50, 150, 150), solid(10, 10, (255, 255, 255)))
+        fit_composite(bg, solid(10, 10, (255, 255, 255)))
+
+
+def test_teacher_input_by_rule_and_zoom_box():
+    bg = prepare_background(solid(400, 400, (0, 255, 0)), (100, 100, 200, 300))
+    fg = solid(50, 50, (0, 0, 255))
+    stretch, fit = teacher_input(bg, fg), teacher_input(bg, fg, rule="fit")
+    blue = lambda t: ((t[2] > 0.5) & (t[1] < -0.5)).float().mean().item()  # noqa: E731
+    # stretch fills the 100x200 box, fit a 100x100 square of it (the same crop around the box)
+    assert blue(stretch) == pytest.approx(100 * 200 / (140 * 282), abs=0.02)
+    assert blue(fit) == pytest.approx(100 * 100 / (140 * 282), abs=0.02)
+    with pytest.raises(InputError, match="unknown composite rule"):
+        teacher_input(bg, fg, rule="paste")
+    # twice the box per side around its centre (150, 200), clamped: 200x400 -> (50, 0, 250, 400)
+    assert zoom_box(bg) == (50, 0, 250, 400)
+    small = prepare_background(solid(400, 400, (0, 0, 0)), (10, 10, 20, 20))
+    assert zoom_box(small) == (0, 0, 63, 63)  # at least 96 px where the image allows: centre 15 +- 48

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import fos.train as T
+from fos.train.__main__ import main as train_main
 from fos.checkpoint import load_checkpoint, save_checkpoint
 from fos.config import TrainCfg
 from fos.registry import build_model
@@ -49,7 +51,7 @@ def test_teacher_steps_on_real_images_and_resume_is_exact(data_root, tmp_path, m
     info = json.load(open(tmp_path / "run.json"))
     assert info["steps"] == 4 and info["model_name"] == "teacher"
     # another configuration on the same run folder is refused, not silently mixed
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(ValueError, match="other settings"):
         T.fit("teacher", cfg(data_root, tmp_path / "run", lr=1.0), str(tmp_path / "x.safetensors"))
 
 
@@ -121,9 +123,16 @@ def test_hard_negatives_are_the_closest_in_aspect(data_root):
     recs = [r for r in load_train(data_root) if r.category == "cow"]
     ds = T.PairDataset(recs, cfg(data_root, "unused", num_neg=2, hard_neg=1.0, aug_prob=0.0), PreprocessCfg(),
                        student_inputs=False)
+    logar = {n: math.log(w / h) for n, (w, h) in ds.fg_size.items()}
     for i in range(3):
         item = ds[i]
         lb = float(item["geom"][0, 0])  # log aspect of this item's (jittered) box
-        close = sorted(ds.neg_pool[i], key=lambda n: abs(ds.fg_logar[n] - lb))[:4]
-        allowed = {round(ds.fg_logar[n], 4) for n in close}
+        close = sorted(ds.neg_pool[i], key=lambda n: abs(logar[n] - lb))[:4]
+        allowed = {round(logar[n], 4) for n in close}
         assert {round(float(g[1]), 4) for g in item["geom"][1:]} <= allowed  # every negative's log aspect
+
+
+def test_train_cli_errors_are_one_line(data_root, tmp_path, capsys):
+    assert train_main(["teacher", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "file not found" in err and "Traceback" not in err

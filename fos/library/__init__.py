@@ -1,18 +1,20 @@
-"""Foreground library on disk: ``python -m fos.library build|add --src SRC --out LIB``.
+"""Foreground library on disk: ``python -m fos.library build|add|info --src SRC --out LIB``.
 
 The student's foreground encoder runs once per item (batched); the library stores, per item, the
 L2-normalized embedding (prefilter) and the head-ready feature map (the foreground half of the head's
-first conv, so a query only adds the background half), both float16, plus a manifest.
+first conv, so a query only adds the background half), both float16, plus a copy of the cutout (and
+its mask) so that composites and the teacher rerank need nothing outside the library.
 
 Layout::
 
-    LIB/library.json        weights hash, model config, dims, item count
-    LIB/shards/NNNNN.json   items of a shard: id, category, path, width, height, aspect, sha256, mask
+    LIB/library.json          weights hash, model config, dims, item count, shards
+    LIB/shards/NNNNN.json     items of a shard: id, category, file, mask, source, width, height, sha256
     LIB/shards/NNNNN.emb.npy  (n, E) float16      LIB/shards/NNNNN.fmap.npy  (n, D, a, a) float16
+    LIB/files/<sha256>.<ext>  the cutouts (and masks), by content
 
-``build`` and ``add`` stage new shards in ``LIB/.pending/`` and commit them only at the end, so an
-interrupted run resumes from what it staged (rerun the same command) and a failed run leaves the
-library as it was.
+``build`` and ``add`` stage their work in ``LIB/.pending/`` one batch at a time and commit it only at
+the end, so an interrupted run resumes from its last batch (rerun the same command) and a failed run
+leaves the library as it was. Nothing here deletes a library.
 
 Sources (same for build and add): a folder of cutouts organised by category folders
 (``SRC/<category>/<name>.png``: PNG with alpha, or object on white with an optional
@@ -21,27 +23,26 @@ or a FOSD-format dataset root (``train/fg`` and/or ``test/fg``; items keep their
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from fos.checkpoint import WeightsError, atomic_write_json, file_sha256
-from fos.runtime import BackendError, get_backend
+from fos.checkpoint import atomic_write, atomic_write_json, file_sha256
 from fos.data import DatasetError, read_json
-from fos.preprocess import InputError, foreground_input, foreground_mask, load_image
+from fos.preprocess import InputError, foreground_mask, load_image
+from fos.scoring import Scoring
 
 log = logging.getLogger("fos.library")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-SHARD = 256
+BATCH = 32  # items encoded, staged and resumable at a time
+SHARD = 1024  # items per committed shard
+VERSION = 2  # 2: cutouts copied into LIB/files; 1: absolute source paths (still readable)
 
 
 class LibraryError(ValueError):
@@ -121,6 +122,8 @@ def _table_items(src: str) -> list[SourceItem]:
             if not reader.fieldnames or not {"path", "category"} <= set(reader.fieldnames):
                 raise LibraryError(f"{src}: the CSV needs a header with the columns path,category (got {reader.fieldnames})")
             rows = list(reader)
+    if not rows:
+        raise LibraryError(f"{src} lists no items (it needs rows of path,category)")
     items = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not r.get("path") or not r.get("category"):
@@ -147,11 +150,12 @@ def read_sources(src: str) -> list[SourceItem]:
 
 # --------------------------------------------------------------------------- library
 class Library:
-    """A built library, loaded into memory (float16 arrays)."""
+    """A built library, loaded into memory (float16 arrays). Refuses a corrupt one, never changes it."""
 
     def __init__(self, root: str):
         self.root = root
         meta_path = os.path.join(root, "library.json")
+        rebuild = "rebuild it with `python -m fos.library build --src SRC --out NEW_FOLDER`"
         if not os.path.isfile(meta_path):
             raise LibraryError(f"{root} is not a foreground library (no library.json); build one with "
                                "`python -m fos.library build --src DIR --out LIB`")
@@ -165,19 +169,47 @@ class Library:
                     items += json.load(f)
                 embs.append(np.load(base + ".emb.npy"))
                 fmaps.append(np.load(base + ".fmap.npy"))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise LibraryError(f"library {root} is corrupt or incomplete ({type(e).__name__}: {e}); rebuild it") from e
+            count, wsha = self.meta["count"], self.meta["weights_sha256"]
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise LibraryError(f"library {root} is corrupt or incomplete ({type(e).__name__}: {e}); {rebuild}") from e
         self.items = items
         self.emb = np.concatenate(embs) if embs else np.zeros((0, self.meta.get("embed_dim") or 0), np.float16)
         self.fmap = np.concatenate(fmaps) if fmaps else np.zeros((0, *(self.meta.get("fmap_shape") or [0])), np.float16)
-        if len(self.items) != len(self.emb) or len(self.items) != len(self.fmap) or len(items) != self.meta["count"]:
+        if len(items) != len(self.emb) or len(items) != len(self.fmap) or len(items) != count or not wsha:
             raise LibraryError(f"library {root} is corrupt: {len(items)} items, {len(self.emb)} embeddings, "
-                               f"{len(self.fmap)} feature maps, {self.meta['count']} expected; rebuild it")
-        self.categories = np.array([it["category"] for it in items])
-        self.ids = [it["id"] for it in items]
+                               f"{len(self.fmap)} feature maps, {count} expected; {rebuild}")
+        missing = [p for p in (self.path(i) for i in range(len(items))) if not os.path.isfile(p)]
+        if missing:
+            raise LibraryError(f"library {root} lacks {len(missing)} of its cutout files (e.g. {missing[0]}): "
+                               f"the library or its sources were moved or deleted; {rebuild}")
+        self._index()
+
+    @classmethod
+    def from_arrays(cls, items: list[dict], emb: np.ndarray, fmap: np.ndarray, meta: dict, root: str = "<memory>"):
+        """An in-memory library (items with absolute ``path``), e.g. for a benchmark's synthetic items."""
+        lib = cls.__new__(cls)
+        lib.root, lib.items, lib.emb, lib.fmap, lib.meta = root, items, emb, fmap, meta
+        lib._index()
+        return lib
+
+    def _index(self) -> None:
+        self.categories = np.array([it["category"] for it in self.items])
+        self.ids = [it["id"] for it in self.items]
+        self.sizes = np.array([[it["width"], it["height"]] for it in self.items], dtype=np.float64).reshape(-1, 2)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def path(self, i: int) -> str:
+        """The cutout file of item ``i`` (inside the library for libraries of version 2)."""
+        it = self.items[i]
+        return os.path.join(self.root, it["file"]) if "file" in it else it["path"]
+
+    def mask_path(self, i: int) -> str | None:
+        it = self.items[i]
+        if it.get("mask_file"):
+            return os.path.join(self.root, it["mask_file"])
+        return it.get("mask")
 
     def category_names(self) -> list[str]:
         return sorted(set(self.categories.tolist()))
@@ -192,69 +224,81 @@ class Library:
     def check_weights(self, weights_sha256: str) -> None:
         if self.meta["weights_sha256"] != weights_sha256:
             raise LibraryError(
-                f"library {self.root} was built with other weights ({self.meta['weights']}, sha256 "
-                f"{self.meta['weights_sha256'][:12]}...) than the ones loaded (sha256 {weights_sha256[:12]}...); "
-                "rebuild it with `python -m fos.library build` using the current weights")
+                f"library {self.root} was built with other weights ({self.meta.get('weights', '?')}, sha256 "
+                f"{self.meta['weights_sha256'][:12]}...) than the ones loaded (sha256 {weights_sha256[:12]}...): "
+                "use the weights it was built with, or build a new library from its sources with the current "
+                "weights (`python -m fos.library build --src SRC --out NEW_FOLDER`)")
 
 
-def encode_items(backend, items: list[SourceItem], batch_size: int = 32, progress: bool = True):
-    """Encode items; returns (kept item dicts, emb (n,E) f16, fmap (n,D,a,a) f16, failures [(path, reason)])."""
-    pcfg = backend.preprocess_cfg
-    kept, embs, fmaps, failed = [], [], [], []
-    bar = tqdm(total=len(items), desc="encode foregrounds", unit="item", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(items), batch_size):
-        chunk, tensors = [], []
-        for it in items[start:start + batch_size]:
-            try:
-                img = load_image(it.path, "RGBA", pcfg, what="foreground")
-                if not foreground_mask(img, it.mask).any():
-                    raise InputError("no object pixels (all white or transparent)")
-                tensors.append(foreground_input(img, pcfg))
-                chunk.append({"id": it.id, "category": it.category, "path": os.path.abspath(it.path),
-                              "width": img.width, "height": img.height, "aspect": round(img.width / img.height, 6),
-                              "sha256": file_sha256(it.path), "mask": os.path.abspath(it.mask) if it.mask else None})
-            except (InputError, OSError) as e:
-                failed.append((it.path, str(e)))
-        if tensors:
-            fg_part, emb = backend.encode_foreground(torch.stack(tensors).numpy())
-            fmaps.append(fg_part.astype(np.float16))
-            embs.append(emb.astype(np.float16))
-            kept += chunk
-        bar.update(len(items[start:start + batch_size]))
-    bar.close()
-    emb = np.concatenate(embs) if embs else None
-    fmap = np.concatenate(fmaps) if fmaps else None
+def _store_file(lib_root: str, path: str, sha: str) -> str:
+    """Copy ``path`` into ``LIB/files/<sha><ext>`` (once per content); returns the path relative to LIB."""
+    rel = os.path.join("files", sha + os.path.splitext(path)[1].lower())
+    dst = os.path.join(lib_root, rel)
+    if not os.path.exists(dst):
+        with open(path, "rb") as f:
+            data = f.read()
+        atomic_write(dst, lambda f: f.write(data))
+    return rel
+
+
+def encode_items(backend, items: list[SourceItem], lib_root: str, progress: bool = False):
+    """Encode items and copy their files into ``lib_root``; returns (kept item dicts, emb (n,E) f16,
+    fmap (n,D,a,a) f16, failures [(path, reason)])."""
+    scoring = Scoring(backend)
+    kept, images, failed = [], [], []
+    for it in tqdm(items, desc="read cutouts", unit="item", disable=not progress, leave=False):
+        try:
+            img = load_image(it.path, "RGBA", scoring.pcfg, what="foreground")
+            if not foreground_mask(img, it.mask).any():
+                raise InputError("no object pixels (all white or transparent)")
+            sha = file_sha256(it.path)
+            entry = {"id": it.id, "category": it.category, "file": _store_file(lib_root, it.path, sha),
+                     "source": os.path.abspath(it.path), "width": img.width, "height": img.height, "sha256": sha,
+                     "mask_file": _store_file(lib_root, it.mask, file_sha256(it.mask)) if it.mask else None}
+            kept.append(entry)
+            images.append(img)
+        except (InputError, OSError) as e:
+            failed.append((it.path, str(e)))
+    if not kept:
+        return [], None, None, failed
+    fmap, emb = scoring.encode_foregrounds(images)
     return kept, emb, fmap, failed
 
 
-def _write_shard(folder: str, name: str, items, emb, fmap) -> None:
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.join(folder, name)
+def _write_arrays(base: str, items, emb, fmap) -> None:
     for suffix, arr in ((".emb.npy", emb), (".fmap.npy", fmap)):
-        tmp = base + suffix + ".tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, base + suffix)
-    atomic_write_json(base + ".json", items)  # written last: a shard exists once its json does
+        atomic_write(base + suffix, lambda f, arr=arr: np.save(f, arr))
+    atomic_write_json(base + ".json", items)  # written last: a part exists once its json does
 
 
-def write_library(backend, src: str, out: str, mode: str = "build", batch_size: int = 32,
+def _read_arrays(base: str):
+    with open(base + ".json", encoding="utf-8") as f:
+        items = json.load(f)
+    return items, np.load(base + ".emb.npy"), np.load(base + ".fmap.npy")
+
+
+def write_library(backend, src: str, out: str, mode: str = "build", batch_size: int = BATCH,
                   progress: bool = True) -> dict:
     """Build (``mode="build"``, the library must not exist yet unless resuming) or extend (``"add"``) a library.
 
     ``backend``: a :class:`fos.runtime.Backend`; the library records its student weights' sha256.
+    Work is staged in ``out/.pending`` one batch at a time: rerunning an interrupted call resumes it.
     """
     meta_path = os.path.join(out, "library.json")
     wsha = backend.student_sha256
+    if not wsha:
+        raise LibraryError("the backend does not identify its student weights (no sha256); cannot build a library")
     if mode == "build" and os.path.exists(meta_path):
         raise LibraryError(f"{out} already holds a library; use `add` to extend it, or choose a new --out")
+    if mode == "build" and os.path.isdir(out) and not os.path.isdir(os.path.join(out, ".pending")) and os.listdir(out):
+        raise LibraryError(f"{out} exists and is not empty; choose a new --out (nothing there is overwritten)")
     if mode == "add":
         lib = Library(out)
         lib.check_weights(wsha)
         meta = lib.meta
         existing = set(lib.ids)
     else:
-        meta = {"version": 1, "weights": getattr(backend, "weights", ""), "weights_sha256": wsha,
+        meta = {"version": VERSION, "weights": getattr(backend, "weights", ""), "weights_sha256": wsha,
                 "embed_dim": None, "fmap_shape": None, "dtype": "float16", "count": 0, "shards": []}
         existing = set()
     items = read_sources(src)
@@ -269,85 +313,51 @@ def write_library(backend, src: str, out: str, mode: str = "build", batch_size: 
         seen.add(it.id)
     pending = os.path.join(out, ".pending")
     state_path = os.path.join(pending, "state.json")
-    state = {"weights_sha256": wsha, "src": os.path.abspath(src), "mode": mode, "done": [], "failed": [], "shards": []}
+    state = {"weights_sha256": wsha, "src": os.path.abspath(src), "mode": mode, "done": [], "failed": [], "parts": []}
     if os.path.exists(state_path):
         with open(state_path, encoding="utf-8") as f:
             old = json.load(f)
-        if old.get("weights_sha256") == wsha and old.get("src") == state["src"] and old.get("mode") == mode:
+        if old.get("weights_sha256") == wsha and old.get("src") == state["src"] and old.get("mode") == mode \
+                and "parts" in old:
             state = old
             log.info("resuming: %d items already encoded in %s", len(state["done"]), pending)
         else:
-            shutil.rmtree(pending)
+            shutil.rmtree(pending)  # staged work of another command: ours to discard, never committed
     done = set(state["done"])
     failed_paths = {f[0] for f in state["failed"]}
     todo = [it for it in items if it.id not in done and it.path not in failed_paths]
-    base_idx = len(meta["shards"]) + len(state["shards"])
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"library {mode}", unit="item",
                disable=not progress, dynamic_ncols=True)
-    for i, start in enumerate(range(0, len(todo), SHARD)):
-        chunk = todo[start:start + SHARD]
-        kept, emb, fmap, failed = encode_items(backend, chunk, batch_size, progress=False)
-        name = f"{base_idx + i:05d}"
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        kept, emb, fmap, failed = encode_items(backend, chunk, out)
         if kept:
-            _write_shard(pending, name, kept, emb, fmap)
-            state["shards"].append(name)
-            meta["embed_dim"] = int(emb.shape[1])
-            meta["fmap_shape"] = list(fmap.shape[1:])
+            name = f"part{len(state['parts']):06d}"
+            _write_arrays(os.path.join(pending, name), kept, emb, fmap)
+            state["parts"].append(name)
         state["done"] += [it["id"] for it in kept]
         state["failed"] += [list(f) for f in failed]
         atomic_write_json(state_path, state)
         bar.update(len(chunk))
     bar.close()
-    # commit: move staged shards in, then rewrite library.json atomically
+    if not state["parts"] and not meta["count"]:
+        reasons = "; ".join(f"{p}: {r}" for p, r in state["failed"][:5]) or "no items"
+        raise LibraryError(f"no usable foreground in {src}: {reasons}")
+    # commit: merge the staged parts into shards of up to SHARD items, then rewrite library.json atomically
     shards_dir = os.path.join(out, "shards")
-    os.makedirs(shards_dir, exist_ok=True)
-    for name in state["shards"]:
-        for suffix in (".emb.npy", ".fmap.npy", ".json"):
-            os.replace(os.path.join(pending, name + suffix), os.path.join(shards_dir, name + suffix))
-    meta["shards"] = meta["shards"] + state["shards"]
-    meta["count"] = meta["count"] + len(state["done"])
-    if meta["embed_dim"] is None:
-        raise LibraryError(f"no usable foreground in {src}: " + "; ".join(f"{p}: {r}" for p, r in state["failed"][:5]))
+    new_shards: list[str] = []
+    parts = [_read_arrays(os.path.join(pending, name)) for name in state["parts"]]
+    for s in range(0, len(parts), max(1, SHARD // batch_size)):
+        group = parts[s:s + max(1, SHARD // batch_size)]
+        name = f"{len(meta['shards']) + len(new_shards):05d}"
+        _write_arrays(os.path.join(shards_dir, name), [it for g in group for it in g[0]],
+                      np.concatenate([g[1] for g in group]), np.concatenate([g[2] for g in group]))
+        new_shards.append(name)
+    if parts:
+        meta["embed_dim"] = int(parts[0][1].shape[1])
+        meta["fmap_shape"] = list(parts[0][2].shape[1:])
+    meta["shards"] = meta["shards"] + new_shards
+    meta["count"] = meta["count"] + sum(len(g[0]) for g in parts)
     atomic_write_json(meta_path, meta)
     shutil.rmtree(pending, ignore_errors=True)
     return {"added": len(state["done"]), "failed": state["failed"], "count": meta["count"], "library": out}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fos.library", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "add", "info"])
-    p.add_argument("--src", help="folder of category folders, CSV/JSON table, or FOSD dataset root")
-    p.add_argument("--out", "--library", dest="out", required=True, help="library folder")
-    p.add_argument("--weights", default="weights", help="folder with student.safetensors")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
-    p.add_argument("--batch-size", type=int, default=32)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        if a.command == "info":
-            lib = Library(a.out)
-            cats = {c: int((lib.categories == c).sum()) for c in lib.category_names()}
-            print(json.dumps({"items": len(lib), "weights": lib.meta["weights"], "categories": cats}, indent=2))
-            return 0
-        if not a.src:
-            raise LibraryError("--src is required for build and add")
-        backend = get_backend(a.backend, a.weights)
-        log.info("encoding with %s", backend.description)
-        res = write_library(backend, a.src, a.out, a.command, a.batch_size)
-    except (LibraryError, DatasetError, WeightsError, InputError, BackendError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; rerun the same command to resume (staged work is in {a.out}/.pending)", file=sys.stderr)
-        return 130
-    print(f"{a.command}: {res['added']} items encoded, library {os.path.abspath(a.out)} now holds {res['count']}")
-    if res["failed"]:
-        print(f"skipped {len(res['failed'])} unreadable or empty images:")
-        for path, reason in res["failed"]:
-            print(f"  {path}: {reason}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,12 +1,11 @@
 """Scorers with no training, used as baselines: ``random``, ``aspect``, ``color``, ``imagenet`` (and the
 ``geometry`` control: aspect and size).
 
-Every scorer (trained models too, see :mod:`fos.evaluate`) maps a :class:`Batch` (one query background
-and the candidate foregrounds of its category) to one score per candidate; higher is better.
+Every scorer (trained models too, see :mod:`fos.evaluate`) maps a prepared query background and the
+:class:`Candidates` of its category to one score per candidate; higher is better.
 """
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ class Candidates:
 
 class Scorer:
     name = "scorer"
+    pcfg = PreprocessCfg()  # how the evaluation prepares query backgrounds for this scorer
 
     def prepare(self, cands: Candidates) -> None:
         """Compute per-candidate features once per category (stored in ``cands.cache``)."""
@@ -57,9 +57,7 @@ class AspectScorer(Scorer):
     name = "aspect"
 
     def score(self, bg, cands):
-        x1, y1, x2, y2 = bg.box
-        lb = math.log((x2 - x1) / (y2 - y1))
-        return np.array([-abs(lb - math.log(im.width / im.height)) for im in cands.images])
+        return -geometry_batch(bg.box, [im.size for im in cands.images])[:, 2].astype(np.float64)
 
 
 class GeometryScorer(Scorer):

@@ -1,0 +1,71 @@
+"""Start-up of the app (and of ``fos.bench retrieval``): weights, graphs and library, checked first.
+
+The layers below never prepare anything themselves: :mod:`fos.runtime` only runs graphs and
+:mod:`fos.export` only builds them. This module decides, for a weights folder:
+
+1. a library the user named (``FOS_LIBRARY`` / ``--library``) must fit the student weights, or start-up
+   stops with a message that says how to rebuild it; it is never rebuilt, moved or deleted here;
+2. ONNX graphs are exported into ``<weights>/onnx`` when the backend is ``auto`` or ``onnxruntime`` and they
+   are missing or older than the weights (only after step 1 passed);
+3. with no library named, the default one (``assets/library``, 88 attributed cutouts) is encoded once into
+   ``<weights>/library-<sha12>``, a folder per student, so nothing earlier is ever replaced.
+
+Everything it writes lies under the weights folder, in the generated folders named in :mod:`fos.weights`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from fos.checkpoint import WeightsError
+from fos.examples import ASSETS
+from fos.library import Library, LibraryError, write_library
+from fos.runtime import Backend, get_backend, have, onnx_problem
+from fos.weights import WeightsDir
+
+log = logging.getLogger("fos.bootstrap")
+
+
+def ensure_graphs(w: WeightsDir) -> None:
+    """Export ONNX graphs into ``<weights>/onnx`` when they are missing or stale and onnx is installed."""
+    problem = onnx_problem(w)
+    if not problem:
+        return
+    if not (have("onnx") and have("onnxruntime")):
+        log.info("no current ONNX graphs (%s) and onnx/onnxruntime not installed: serving with torch", problem)
+        return
+    from fos.export.onnx import export_and_check
+
+    log.info("exporting ONNX graphs to %s (%s); once per set of weights", w.onnx, problem)
+    export_and_check(w, fp16=False)
+
+
+def prepare(weights: str = "weights", library: str | None = None, backend: str = "auto",
+            src: str | None = None) -> tuple[Library, Backend]:
+    """(library, backend) for the app: see the module doc for what is checked, built and refused."""
+    w = WeightsDir(weights)
+    if not w.has("student"):
+        raise WeightsError(f"{w.student} not found: the app needs the student weights (the shipped ones are in "
+                           "weights/ of the repository; `python -m fos.train student` makes new ones)")
+    if library:
+        lib = Library(library)
+        lib.check_weights(w.student_sha256)
+    if backend in ("auto", "onnxruntime"):
+        ensure_graphs(w)
+    b = get_backend(backend, w)
+    if library:
+        return lib, b
+    lib_dir = w.default_library()
+    if os.path.isfile(os.path.join(lib_dir, "library.json")):
+        try:
+            return Library(lib_dir), b
+        except LibraryError as e:
+            raise LibraryError(f"{e} (it is the app's generated default library: delete {lib_dir} and restart "
+                               "to have it rebuilt)") from None
+    src = src or os.path.join(ASSETS, "library")
+    log.info("encoding the default library %s into %s", src, lib_dir)
+    res = write_library(b, src, lib_dir)
+    log.info("default library: %d items encoded with %s -> %s", res["count"], b.description, os.path.abspath(lib_dir))
+    if res["failed"]:
+        log.warning("default library: skipped %s", res["failed"])
+    return Library(lib_dir), b

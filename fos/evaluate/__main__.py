@@ -1,0 +1,73 @@
+"""``python -m fos.evaluate``: see :mod:`fos.evaluate`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from fos import cli
+from fos.checkpoint import atomic_write_json
+from fos.data import load_test
+from fos.evaluate import TRAINED, __doc__ as DOC, average_runs, evaluate, format_table, make_scorer
+from fos.evaluate.baselines import BASELINES
+from fos.preprocess import COMPOSITES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fos.evaluate", description=DOC,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset root (the folder with test/)")
+    p.add_argument("--model", required=True,
+                   help=f"a trained model ({', '.join(TRAINED)}; student_vgg19 with --checkpoint) or a baseline: "
+                        f"{', '.join(BASELINES)}")
+    p.add_argument("--weights", default="weights", help="weights folder (teacher.safetensors, student.safetensors)")
+    p.add_argument("--checkpoint", help="one checkpoint file instead of the weights folder (torch backend)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="run trained models through this backend (auto: as the search and the app)")
+    p.add_argument("--composite", default="stretch", choices=COMPOSITES,
+                   help="teacher: stretch (DiscoFOS's composite, what it was trained on) or fit (what the app shows)")
+    p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")
+    p.add_argument("--box-jitter", type=cli.fraction, default=0.0,
+                   help="loose-box protocol: enlarge boxes by up to this fraction")
+    p.add_argument("--seed", type=int, default=0, help="seed of the loose boxes (and of the random baseline)")
+    p.add_argument("--seeds", type=cli.int_list, default=None,
+                   help="comma list of box seeds: metrics averaged over them (loose boxes)")
+    p.add_argument("--threshold", type=float, default=1.2, help="R-FOSD aspect-ratio filter threshold")
+    p.add_argument("--categories", help="comma-separated subset of categories")
+    p.add_argument("--appearance-only", action="store_true",
+                   help="ablation: switch the geometry (aspect and size) term of a trained model off")
+    p.add_argument("--json", help="write the metrics here (atomically)")
+    cli.add_threads(p)
+    return p
+
+
+def run(a) -> int:
+    ts = load_test(a.data, a.set)
+    scorer = make_scorer(a.model, a.weights, a.checkpoint, a.seed, a.backend, a.appearance_only, a.composite)
+    t0 = time.time()
+    cats = a.categories.split(",") if a.categories else None
+    seeds = a.seeds or [a.seed]
+    runs = [evaluate(ts, scorer, a.box_jitter, sd, a.threshold, cats) for sd in seeds]
+    res = average_runs(runs)
+    where = getattr(getattr(scorer, "backend", None), "description", "no network")
+    print(f"{a.model} on {a.data} ({ts.kind}, box jitter {a.box_jitter}, {where}), {time.time() - t0:.1f}s")
+    print(format_table(res))
+    if len(seeds) > 1:
+        keys = [k for k in res if k not in ("model", "n_queries", "per_category")]
+        print(f"over box seeds {seeds}: " + ", ".join(
+            f"{k} {res[k]:.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in keys))
+    if a.json:
+        atomic_write_json(a.json, res)
+        print(f"wrote {os.path.abspath(a.json)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""``python -m fos.library build|add|info``: see :mod:`fos.library`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from fos import cli
+from fos.library import BATCH, Library, LibraryError, __doc__ as DOC, write_library
+from fos.runtime import get_backend
+
+log = logging.getLogger("fos.library")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fos.library", description=DOC,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["build", "add", "info"])
+    p.add_argument("--src", help="folder of category folders, CSV/JSON table, or FOSD dataset root")
+    p.add_argument("--out", "--library", dest="out", required=True, help="library folder")
+    p.add_argument("--weights", default="weights", help="folder with student.safetensors")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--batch-size", type=cli.positive_int, default=BATCH, help="items encoded and staged at a time")
+    cli.add_threads(p)
+    return p
+
+
+def run(a) -> int:
+    if a.command == "info":
+        lib = Library(a.out)
+        cats = {c: int((lib.categories == c).sum()) for c in lib.category_names()}
+        print(json.dumps({"items": len(lib), "weights": lib.meta.get("weights"), "categories": cats}, indent=2))
+        return 0
+    if not a.src:
+        raise LibraryError("--src is required for build and add")
+    backend = get_backend(a.backend, a.weights)
+    log.info("encoding with %s", backend.description)
+    res = write_library(backend, a.src, a.out, a.command, a.batch_size)
+    print(f"{a.command}: {res['added']} items encoded, library {os.path.abspath(a.out)} now holds {res['count']}")
+    if res["failed"]:
+        print(f"skipped {len(res['failed'])} unreadable or empty images:")
+        for path, reason in res["failed"]:
+            print(f"  {path}: {reason}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(run, build_parser(), argv, interrupted=lambda a: "interrupted; rerun the same command to resume "
+                                                                   f"(staged work is in {a.out}/.pending)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

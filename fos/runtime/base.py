@@ -1,0 +1,95 @@
+"""What every backend shares: the graph contract, the interface, errors and the manifest reader.
+Imported by :mod:`fos.runtime` and :mod:`fos.runtime.trt` (never the other way round)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+from fos.config import PreprocessCfg
+from fos.preprocess import GEOMETRY_DIM
+from fos.weights import WeightsDir
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# graph name -> (input names, output names): the contract of export, runtime and TensorRT
+GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "teacher": (("composite", "geom"), ("score", "feat")),
+    "student_bg": (("background", "crop_box"), ("bg_part", "emb")),
+    "student_fg": (("foreground",), ("fg_part", "emb")),
+    "student_head": (("bg_part", "fg_part", "geom"), ("score",)),
+}
+EXPORT_HINT = "export them with `python export/to_onnx.py --weights {w} --out {o}`"
+
+
+class BackendError(RuntimeError):
+    """A backend that is missing, stale or does not fit this machine; the message says how to fix it."""
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def as_weights(weights: str | WeightsDir) -> WeightsDir:
+    return weights if isinstance(weights, WeightsDir) else WeightsDir(weights)
+
+
+class Backend:
+    """The interface: see the table in :mod:`fos.runtime`."""
+
+    name = "backend"
+    preprocess_cfg: PreprocessCfg
+    student_sha256: str = ""  # sha256 of the student weights: libraries built by another student are refused
+    description = ""
+
+    def student_bg(self, background, crop_box):
+        raise NotImplementedError
+
+    def student_fg(self, foreground):
+        raise NotImplementedError
+
+    def student_head(self, bg_part, fg_part, geom):
+        raise NotImplementedError
+
+    def teacher(self, composite, geom):
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- exported graphs
+def read_manifest(onnx_dir: str) -> dict:
+    path = os.path.join(onnx_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise BackendError(f"no exported graphs in {onnx_dir} (manifest.json missing): run `python export/to_onnx.py`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+        m["source_weights"]["student"]["sha256"], m["graphs"], m["preprocess_cfg"]  # noqa: B018 (fields we read)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BackendError(f"{path} is not a valid graph manifest ({type(e).__name__}: {e}): "
+                           "re-export with `python export/to_onnx.py`") from e
+    return m
+
+
+def geometry_mismatch(manifest: dict) -> str:
+    """Graphs whose ``geom`` input is narrower or wider than :data:`GEOMETRY_DIM` (made by older code)."""
+    bad = [k for k, g in manifest.get("graphs", {}).items()
+           if "geom" in g.get("inputs", {}) and g["inputs"]["geom"][-1] != GEOMETRY_DIM]
+    return ", ".join(bad)
+
+
+class GraphBackend(Backend):
+    """A backend that runs the exported graphs of :data:`GRAPHS` by name."""
+
+    def _run(self, graph: str, **inputs):
+        raise NotImplementedError
+
+    def student_bg(self, background, crop_box):
+        return self._run("student_bg", background=background, crop_box=crop_box)
+
+    def student_fg(self, foreground):
+        return self._run("student_fg", foreground=foreground)
+
+    def student_head(self, bg_part, fg_part, geom):
+        return self._run("student_head", bg_part=bg_part, fg_part=fg_part, geom=geom)
+
+    def teacher(self, composite, geom):
+        return self._run("teacher", composite=composite, geom=geom)[0]

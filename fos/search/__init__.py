@@ -1,0 +1,192 @@
+"""Search: :class:`SearchEngine`, the one search API of the CLI (``python -m fos.search``), the app and
+the benchmark. A query is a cascade:
+
+1. candidates of the category;
+2. more than ``prefilter_k`` candidates: keep the ``prefilter_k`` nearest by embedding (vector store);
+3. the student head on the candidates, in batches (foreground halves come cached from the library);
+4. optionally the teacher re-scores the top ``rerank`` on the composite the app shows (``fit``).
+
+Scoring itself is :class:`fos.scoring.Scoring`, shared with the evaluation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fos.config import EngineCfg
+from fos.library import Library, LibraryError
+from fos.library.store import VectorStore, make_store
+from fos.preprocess import InputError, PreparedBackground, foreground_mask, load_image
+from fos.runtime import Backend, get_backend
+from fos.scoring import Query, Scoring
+
+__all__ = ["EngineCfg", "ExtraItem", "Query", "Result", "SearchEngine", "SearchOutput", "load_engine"]
+
+
+@dataclass
+class Result:
+    id: str
+    category: str
+    score: float  # the ranking score: the teacher's when it reranked this result, else the student's
+    path: str  # the cutout file ("" for a user's upload)
+    index: int  # position in the library (-1 for a user's upload)
+    student_score: float
+    teacher_score: float | None = None
+    image: object = None  # a user's cutout (PIL), when the item is not in the library
+    mask: str | None = None  # the cutout's mask file, when it has one
+
+
+@dataclass
+class ExtraItem:
+    """A user's own cutout, encoded once and kept for the session."""
+
+    id: str
+    image: object  # PIL image
+    fg_part: np.ndarray | None
+    size: tuple[int, int]
+
+
+@dataclass
+class SearchOutput:
+    results: list[Result]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    n_candidates: int = 0
+    n_scored: int = 0
+
+    def to_json(self) -> dict:
+        return {"results": [{"id": r.id, "category": r.category, "score": r.score, "path": r.path}
+                            for r in self.results]}
+
+
+def check_count(name: str, value, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or an InputError that says what is expected."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise InputError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+class SearchEngine:
+    """The search API. ``backend`` runs the networks (torch, onnxruntime or tensorrt).
+
+    Thread-safe: a query's state lives in the :class:`Query` it returns, not in the engine (except
+    for the convenience pair :meth:`set_background` / :meth:`search`).
+    """
+
+    def __init__(self, library: Library, backend: Backend, cfg: EngineCfg | None = None,
+                 store: VectorStore | None = None):
+        self.lib, self.backend = library, backend
+        self.cfg = cfg or EngineCfg()
+        library.check_weights(backend.student_sha256)
+        self.scoring = Scoring(backend, head_batch=self.cfg.head_batch)
+        self.pcfg = backend.preprocess_cfg
+        self.store = store or make_store(self.cfg.store, self.cfg.index, self.cfg.milvus_uri)
+        if len(library):
+            self.store.add(library.emb.astype(np.float32), library.categories)
+        self._q: Query | None = None
+
+    # ------------------------------------------------------------------ query side
+    def encode(self, image, box) -> Query:
+        """Load the background, validate the box and encode them once."""
+        return self.scoring.query(image, box)
+
+    def encode_prepared(self, bg: PreparedBackground) -> Query:
+        """Encode an already prepared background (its box was validated when it was prepared)."""
+        return self.scoring.encode(bg)
+
+    def set_background(self, image, box) -> dict[str, float]:
+        """Encode the background once; later :meth:`search` calls reuse it (any category, k)."""
+        self._q = self.encode(image, box)
+        return dict(self._q.timings)
+
+    def search(self, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None) -> SearchOutput:
+        if self._q is None:
+            raise RuntimeError("call set_background(image, box) before search()")
+        return self.rank(self._q, category, k, prefilter_k, rerank)
+
+    def query(self, image, box, category: str, k: int = 10, **kw) -> SearchOutput:
+        q = self.encode(image, box)
+        out = self.rank(q, category, k, **kw)
+        out.timings_ms = {**q.timings, **out.timings_ms}
+        return out
+
+    def rank(self, q: Query, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None,
+             extra: list[ExtraItem] | None = None) -> SearchOutput:
+        """The cascade for one encoded query. ``extra``: the user's own cutouts, ranked with the library's."""
+        if not category:
+            raise InputError(f"no category chosen; the library has {self.lib.category_names()}")
+        k = check_count("k", k, 1)
+        kk = check_count("prefilter_k", self.cfg.prefilter_k if prefilter_k is None else prefilter_k, 0)
+        nr = check_count("rerank", self.cfg.rerank if rerank is None else rerank, 0)
+        t = {}
+        t0 = time.perf_counter()
+        cand = self.lib.indices(category) if not extra else np.nonzero(self.lib.categories == category)[0]
+        n_cand = len(cand)
+        if kk and n_cand > kk:
+            cand, _ = self.store.search(q.emb, kk, category)
+            if len(cand) != kk:
+                raise LibraryError(f"the {self.cfg.store} vector store returned {len(cand)} candidates for K={kk}")
+        t1 = time.perf_counter()
+        t["prefilter"] = (t1 - t0) * 1e3
+        scores = self.scoring.student(q, self.lib.fmap[cand], self.lib.sizes[cand])
+        results = [self._result(int(i), float(s)) for i, s in zip(cand, scores)]
+        if extra:
+            xs = self.scoring.student(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra])
+            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image) for e, s in zip(extra, xs)]
+        results.sort(key=lambda r: -r.score)
+        t2 = time.perf_counter()
+        t["head"] = (t2 - t1) * 1e3
+        if nr:
+            top = results[:nr]
+            ts = self.teacher_scores(q, top)
+            for r, s in zip(top, ts):
+                r.teacher_score = r.score = float(s)
+            results = sorted(top, key=lambda r: -r.score) + results[nr:]
+        t["rerank"] = (time.perf_counter() - t2) * 1e3
+        return SearchOutput(results[:k], t, n_cand + len(extra or []), len(results))
+
+    def cutout(self, r: Result):
+        """The cutout of a result (RGBA PIL image), from the library or the user's upload."""
+        return r.image if r.image is not None else load_image(r.path, "RGBA", self.pcfg, what="foreground")
+
+    def teacher_scores(self, q: Query, results: list[Result]) -> np.ndarray:
+        """The teacher on the composites the app shows (``fit``) of ``results``."""
+        return self.scoring.teacher(q, [self.cutout(r) for r in results], rule="fit", masks=[r.mask for r in results])
+
+    def _result(self, i: int, score: float) -> Result:
+        it = self.lib.items[i]
+        return Result(it["id"], it["category"], score, self.lib.path(i), i, score, mask=self.lib.mask_path(i))
+
+    def encode_extra(self, images: list, names: list[str]) -> tuple[list[ExtraItem], list[str]]:
+        """User cutouts -> cached :class:`ExtraItem` s (computed once); returns (items, problems)."""
+        items, problems, imgs = [], [], []
+        for img, name in zip(images, names):
+            try:
+                im = load_image(img, "RGBA", self.pcfg, what=f"foreground {name}")
+                if not foreground_mask(im).any():
+                    raise InputError(f"foreground {name} has no object pixels (all white or transparent)")
+                imgs.append(im)
+                items.append(ExtraItem(name, im, None, im.size))
+            except InputError as e:
+                problems.append(str(e))
+        if imgs:
+            fg_part, _ = self.scoring.encode_foregrounds(imgs)
+            for it, f in zip(items, fg_part):
+                it.fg_part = f
+        return items, problems
+
+
+def load_engine(library: str, weights: str = "weights", backend: str = "auto",
+                cfg: EngineCfg | None = None) -> SearchEngine:
+    """Library + the best (or the named) backend for the weights folder ``weights``. The library is
+    checked against the weights before any backend is made."""
+    from fos.weights import WeightsDir
+
+    lib = Library(library)
+    w = WeightsDir(weights)
+    if w.has("student"):
+        lib.check_weights(w.student_sha256)
+    return SearchEngine(lib, get_backend(backend, w), cfg)

@@ -1,0 +1,65 @@
+"""``python -m fos.search --library LIB --background IMG --box x1,y1,x2,y2 --category NAME``: see :mod:`fos.search`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fos import cli
+from fos.checkpoint import atomic_write_json
+from fos.config import EngineCfg
+from fos.preprocess import InputError
+from fos.search import __doc__ as DOC, load_engine
+
+
+def parse_box(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}") from None
+    if len(vals) != 4:
+        raise InputError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fos.search", description=DOC,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--library", required=True)
+    p.add_argument("--background", required=True)
+    p.add_argument("--box", required=True, help="x1,y1,x2,y2 in pixels of the background (x2, y2 exclusive)")
+    p.add_argument("--category", required=True)
+    p.add_argument("--k", type=cli.positive_int, default=10, help="how many results")
+    p.add_argument("--weights", default="weights", help="folder with student.safetensors and teacher.safetensors")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--prefilter-k", type=cli.nonneg_int, default=EngineCfg.prefilter_k, help="0 scores every candidate")
+    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
+    p.add_argument("--store", default="local", choices=["local", "milvus"])
+    p.add_argument("--milvus-uri", default=None)
+    p.add_argument("--rerank", type=cli.nonneg_int, default=0, help="teacher re-scores the top N")
+    p.add_argument("--json", help="write {\"results\": [...]} here")
+    cli.add_threads(p)
+    return p
+
+
+def run(a) -> int:
+    box = parse_box(a.box)
+    cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
+    eng = load_engine(a.library, a.weights, a.backend, cfg)
+    out = eng.query(a.background, box, a.category, a.k)
+    for rank, r in enumerate(out.results, 1):
+        print(f"{rank:3d}  {r.score:.4f}  {r.id}  ({r.path})")
+    print(f"backend: {eng.backend.description}")
+    print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
+    if a.json:
+        atomic_write_json(a.json, out.to_json())
+        print(f"wrote {os.path.abspath(a.json)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

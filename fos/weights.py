@@ -1,0 +1,53 @@
+"""The weights folder: one object that knows its layout.
+
+::
+
+    WEIGHTS/teacher.safetensors (+ teacher.json)   the teacher and its config
+    WEIGHTS/student.safetensors (+ student.json)   the student and its config
+    WEIGHTS/onnx/                                  exported graphs + manifest.json   (python export/to_onnx.py)
+    WEIGHTS/trt/                                   TensorRT engines + one .json each (python export/to_trt.py)
+    WEIGHTS/library-<sha12>/                       the app's default library, encoded by these weights
+
+Only ``export/to_onnx.py``, ``export/to_trt.py`` and the app's start-up (:mod:`fos.bootstrap`) write
+into it, and only the generated folders above.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from fos.checkpoint import file_sha256
+
+
+@dataclass(frozen=True)
+class WeightsDir:
+    root: str = "weights"
+
+    @property
+    def teacher(self) -> str:
+        return os.path.join(self.root, "teacher.safetensors")
+
+    @property
+    def student(self) -> str:
+        return os.path.join(self.root, "student.safetensors")
+
+    @property
+    def onnx(self) -> str:
+        return os.path.join(self.root, "onnx")
+
+    @property
+    def trt(self) -> str:
+        return os.path.join(self.root, "trt")
+
+    def has(self, kind: str) -> bool:
+        return os.path.isfile(self.teacher if kind == "teacher" else self.student)
+
+    @cached_property
+    def student_sha256(self) -> str:
+        """sha256 of the student weights (what libraries and exported graphs record)."""
+        return file_sha256(self.student)
+
+    def default_library(self) -> str:
+        """Where the app keeps the default library encoded by these weights (one folder per student)."""
+        return os.path.join(self.root, f"library-{self.student_sha256[:12]}")
