@@ -132,8 +132,8 @@ def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: 
         fulls.append(save_output(comp))
         src = "your upload" if r.image is not None else "library"
         gallery.append((save_output(comp.crop(zoom)), f"#{rank} {r.score:.3f} {r.id}"))
-        rows.append([rank, r.id, round(r.score, 4), round(r.student_score, 4),
-                     "" if r.teacher_score is None else round(r.teacher_score, 4), src])
+        rows.append([rank, r.id, round(r.score, 4), round(r.student_score, 4), round(r.appearance, 3),
+                     round(r.geometry, 3), "" if r.teacher_score is None else round(r.teacher_score, 4), src])
     timings = {**q.timings, **out.timings_ms, "composites": (time.perf_counter() - t0) * 1e3}
     info = (f"**backend:** {engine.backend.description} · **candidates:** {out.n_candidates} "
             f"(scored {out.n_scored}) · **box:** {bg.box}\n\n"
@@ -251,8 +251,9 @@ def build_demo(engine: SearchEngine):
             gallery = gr.Gallery(label="Ranked composites (close-up around the box; click one for the whole photo)",
                                  columns=4, height=420, elem_id="gallery")
             big = gr.Image(label="Selected composite (whole photo)", interactive=False, elem_id="big")
-        table = gr.Dataframe(headers=["rank", "id", "score", "student", "teacher", "source"], label="Ranking",
-                             elem_id="table")
+        table = gr.Dataframe(headers=["rank", "id", "score", "student", "appearance", "geometry", "teacher", "source"],
+                             label="Ranking (student = sigmoid(appearance + geometry), both logits: what the pixels "
+                                   "say and what box and cutout shape and size say)", elem_id="table")
         if examples:
             ex_choice = gr.Dropdown([f"{e['category']}: {e['file']}" for e in examples], label="Examples",
                                     elem_id="examples")

@@ -69,8 +69,10 @@ class ModelCfg(Cfg):
 class TrainCfg(Cfg):
     """Hyper-parameters of ``python -m fos.train``."""
 
-    data: str = "../shared/data/msrc-fos"
+    # dataset roots in FOSD layout (--data A --data B trains on all of them; names must not collide)
+    data: list[str] = field(default_factory=lambda: ["../shared/data/msrc-fos"])
     out: str = "runs/student"
+    model: str = ""  # registered model to train; "" = the kind ("teacher" or "student")
     labels: str = "sfosd"  # which train json: train_sfosd.json or train_rfosd.json
     epochs: int = 6
     batch_size: int = 8  # backgrounds per step
@@ -85,6 +87,10 @@ class TrainCfg(Cfg):
     trainable_blocks: int = 6  # train only the last N backbone stages (rest frozen, faster on CPU)
     box_jitter: float = 0.5  # enlarge the box by up to this fraction per side (R-FOSD box jitter)
     aug_prob: float = 0.5  # chance that a positive gets colour jitter or blur
+    # resize every cutout by a random factor in [1/(1+r), 1+r] (aspect kept) before it is composited and
+    # its geometry computed, so that a cutout's pixel size no longer equals its box's (0 = off)
+    fg_rescale: float = 0.0
+    amp: bool = True  # mixed precision (bfloat16 autocast) when training on CUDA
     triplet_margin: float = 0.1
     w_triplet: float = 1.0
     w_distill: float = 1.0
@@ -104,6 +110,13 @@ class TrainCfg(Cfg):
     ckpt_every: int = 25  # steps between checkpoints (also at every epoch end)
 
     def __post_init__(self):
+        if isinstance(self.data, str):  # configs saved when data was one root
+            self.data = [self.data]
+        self.data = list(self.data)
+        if not self.data:
+            raise ValueError("--data needs at least one dataset root")
+        if self.fg_rescale < 0:
+            raise ValueError(f"--fg-rescale must be >= 0, got {self.fg_rescale}")
         if self.kd_on not in ("score", "appearance"):
             raise ValueError(f"--kd-on must be 'score' or 'appearance', got {self.kd_on!r}")
 

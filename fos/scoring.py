@@ -17,6 +17,12 @@ from fos.preprocess import PreparedBackground, foreground_input, geometry_batch,
 from fos.runtime import Backend
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """Inverse of the sigmoid, in float64 (scores are probabilities)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
 @dataclass
 class Query:
     """An encoded background: what every ranking of it reuses."""
@@ -76,6 +82,14 @@ class Scoring:
             out.append(self.backend.student_head(q.bg_part, fg_part[part].astype(np.float32),
                                                  self.geometry(q, sizes[part], appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def student_parts(self, q: Query, fg_part: np.ndarray, sizes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, appearance logits, geometry logits), each (N,): the student's logit is the sum of an
+        appearance part (the head on pixels, geometry switched off) and a geometry part (box and cutout
+        shape and size); score = sigmoid(appearance + geometry)."""
+        full = self.student(q, fg_part, sizes)
+        app = logit(self.student(q, fg_part, sizes, appearance_only=True))
+        return full, app, logit(full) - app
 
     def teacher(self, q: Query | PreparedBackground, images: list, rule: str = "stretch", appearance_only: bool = False,
                 masks: list | None = None) -> np.ndarray:

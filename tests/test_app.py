@@ -84,7 +84,12 @@ def test_search_end_to_end(app_url):
     assert "backend:" in info and "background_encode" in info
     # the teacher rerank fills the teacher column of the top 3
     _, table, _, _ = search(c, teacher=True)
-    assert all(r[4] != "" for r in table["data"][:3]) and table["data"][3][4] == ""
+    assert all(r[6] != "" for r in table["data"][:3]) and table["data"][3][6] == ""
+    # the student's score splits into its appearance and geometry logits
+    import math
+
+    for r in table["data"][3:]:
+        assert r[3] == pytest.approx(1 / (1 + math.exp(-(r[4] + r[5]))), abs=2e-3)
 
 
 def test_bad_inputs_give_messages_and_the_app_keeps_serving(app_url, tmp_path):
@@ -127,7 +132,7 @@ def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
     # gradio_client keeps the session, so the next call sees the uploaded cutout
     gallery, table, _, _ = c.predict(ann, "", "cow", 20, False, 3, api_name="/search")
     assert "mine.png" in [r[1] for r in table["data"]]
-    assert any(r[5] == "your upload" for r in table["data"])
+    assert any(r[7] == "your upload" for r in table["data"])
 
 
 def test_eight_clients_at_once(app_url):

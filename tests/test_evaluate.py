@@ -200,3 +200,27 @@ def test_shipped_student_beats_every_baseline_on_real_images(ts):
     r1 = {m: E.evaluate(ts, E.make_scorer(m), box_jitter=0.5, seed=0, progress=False)["recall@1"]
           for m in ("student", "random", "aspect", "geometry", "color", "imagenet")}
     assert all(r1["student"] > v for m, v in r1.items() if m != "student"), r1
+
+
+def test_matched_protocol_leaves_shape_and_size_at_chance(ts):
+    """On the matched protocol no rule without pixels beats chance by more than 0.05 (5 box seeds)."""
+    for name in ("geometry", "aspect"):
+        runs = [E.evaluate_matched(ts, E.make_scorer(name), 0.5, seed, progress=False) for seed in range(5)]
+        res = E.average_runs(runs)
+        assert abs(res["recall@1"] - res["chance@1"]) <= 0.05, (name, res["recall@1"], res["chance@1"])
+        assert res["n_queries"] >= 60 and res["chance@1"] < 0.5
+
+
+def test_matched_candidates_by_hand():
+    from PIL import Image
+
+    from fos.data import CategorySet
+
+    sizes = {"t.jpg": (100, 50), "a.jpg": (210, 100), "b.jpg": (60, 60), "c.jpg": (40, 22)}
+    cs = CategorySet([], list(sizes), [], np.zeros((0, 4)))
+    images = [Image.new("RGB", s, "white") for s in sizes.values()]
+    c = E.matched_candidates(cs, "t.jpg", images, tol=1.1)
+    # aspects 2, 2.1 (x1.05), 1 (x0.5) and 1.82 (x0.91): t, a and c are kept, each resampled to 5000 px
+    assert c.names == ["t.jpg", "a.jpg", "c.jpg"]
+    assert [im.size for im in c.images] == [(100, 50), (102, 49), (95, 52)]
+    assert E.tied_recall(np.array([0, 0, 1]), np.array([0, 1, 0]), 1).tolist() == [1.0, 0.5, 0.0]

@@ -265,7 +265,10 @@ def test_search_cli_json(fosd_lib, student_path, tmp_path, capsys):
     assert search_main(["--library", out, "--background", bg, "--box", "10,10,100,120", "--category", "dog",
                         "--k", "3", "--weights", student_path, "--json", str(j)]) == 0
     res = json.loads(j.read_text())["results"]
-    assert len(res) == 3 and set(res[0]) == {"id", "category", "score", "path"}
+    assert len(res) == 3 and set(res[0]) == {"id", "category", "score", "path", "student_score", "teacher_score",
+                                             "appearance_logit", "geometry_logit"}
+    for r in res:  # score = sigmoid(appearance + geometry)
+        assert r["score"] == pytest.approx(1 / (1 + np.exp(-(r["appearance_logit"] + r["geometry_logit"]))), abs=1e-5)
     assert res[0]["score"] >= res[1]["score"] >= res[2]["score"] and res[0]["category"] == "dog"
     assert search_main(["--library", out, "--background", bg, "--box", "10,10", "--category", "dog",
                         "--weights", student_path]) == 2

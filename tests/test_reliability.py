@@ -144,7 +144,9 @@ def _imports(path: str) -> set[str]:
     """Every ``fos`` module a file imports, at the top or inside functions."""
     out = set()
     for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fos"):
+        if isinstance(node, ast.ImportFrom) and node.module == "fos":  # from fos import cli -> fos.cli
+            out |= {f"fos.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fos"):
             out.add(node.module)
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("fos")}
@@ -152,6 +154,8 @@ def _imports(path: str) -> set[str]:
 
 
 def _layer(module: str) -> int:
+    if module.endswith(".__main__"):  # a package's command line sits on top of everything
+        return len(LAYERS)
     for i, names in enumerate(LAYERS):
         if any(module == n or module.startswith(n + ".") for n in names):
             return i

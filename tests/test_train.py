@@ -136,3 +136,39 @@ def test_train_cli_errors_are_one_line(data_root, tmp_path, capsys):
     assert train_main(["teacher", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "file not found" in err and "Traceback" not in err
+
+
+def test_two_gloo_processes_train_identical_weights_and_the_loss_falls(data_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo): a few real steps on real images; DDP keeps both ranks' weights
+    identical (each rank's sha256 is gathered into the JSON) and the loss on the training batch fell."""
+    import subprocess
+    import sys
+
+    from torch.utils.data import default_collate
+
+    from fos.config import PreprocessCfg
+    from fos.data import load_train
+
+    out, save = tmp_path / "run", tmp_path / "t.safetensors"
+    args = ["--model", "teacher_tiny", "--data", data_root, "--limit", "8", "--batch-size", "2", "--epochs", "3",
+            "--workers", "0", "--num-neg", "1", "--aug-prob", "0", "--box-jitter", "0", "--lr", "0.003",
+            "--threads", "1", "--seed", "3"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                        "-m", "fos.train", "teacher", *args, "--out", str(out), "--save", str(save)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.load(open(tmp_path / "t.json"))
+    shas = info["rank_weights_sha256"]
+    assert info["world_size"] == 2 and len(shas) == 2 and shas[0] == shas[1]
+    assert info["steps"] == 6 and len(open(out / "log.jsonl").readlines()) == 6  # rank 0 alone logs
+    # the loss on the 8 training backgrounds (epoch 0's draws), before and after
+    c = cfg(data_root, out, model="teacher_tiny", limit=8, num_neg=1, aug_prob=0.0, box_jitter=0.0, seed=3)
+    torch.manual_seed(c.seed)
+    before, _ = T._prepare("teacher", c)
+    after = load_checkpoint(str(save))
+    ds = T.PairDataset(load_train(data_root)[:8], c, PreprocessCfg(), student_inputs=False)
+    batch = default_collate([ds[i] for i in range(8)])
+    with torch.no_grad():
+        l0 = T.step_losses("teacher", before.eval(), None, batch, c)["loss"].item()
+        l1 = T.step_losses("teacher", after.eval(), None, batch, c)["loss"].item()
+    assert l1 < l0, (l0, l1)

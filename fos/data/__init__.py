@@ -107,6 +107,20 @@ def load_train(root: str, labels: str = "sfosd") -> list[TrainRecord]:
     return records
 
 
+def load_train_roots(roots: list[str], labels: str = "sfosd") -> list[TrainRecord]:
+    """:func:`load_train` of several dataset roots, concatenated; a name in two roots is an error (a
+    record's similars and dissimilars are names of its own root)."""
+    records, seen = [], {}
+    for root in roots:
+        for r in load_train(root, labels):
+            if r.name in seen:
+                raise DatasetError(f"{r.name!r} is in both {seen[r.name]} and {root}: training names must be unique "
+                                   "across --data roots")
+            seen[r.name] = root
+            records.append(r)
+    return records
+
+
 # --------------------------------------------------------------------------- test sets
 @dataclass
 class Query:

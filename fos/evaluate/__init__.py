@@ -161,22 +161,106 @@ def evaluate(ts: TestSet, scorer: Scorer, box_jitter: float = 0.0, seed: int = 0
             "per_category": per_cat}
 
 
+# --------------------------------------------------------------------------- the matched protocol
+MATCHED_TOL = 1.1  # candidates: aspect ratio within this factor of the true cutout's (1.25 left `aspect` 0.075 above chance)
+
+
+def resample_to_area(img, area: float):
+    """``img`` resized to ``area`` pixels keeping its aspect, by the one path every candidate takes
+    (bilinear to twice the target per side, then a box filter down to it), so that no candidate's
+    resampling history differs in kind from another's (the true cutout is resampled too)."""
+    from PIL import Image
+
+    ar = img.width / img.height
+    w, h = max(1, round((area * ar) ** 0.5)), max(1, round((area / ar) ** 0.5))
+    return img.resize((2 * w, 2 * h), Image.BILINEAR).resize((w, h), Image.BOX)
+
+
+def matched_candidates(cs, query_name: str, images: list, tol: float = MATCHED_TOL):
+    """The matched protocol's candidates of one query: the true cutout plus the same-class cutouts whose
+    aspect ratio is within ``tol`` times the true one's, each resampled to the true cutout's pixel area."""
+    t = cs.fg_names.index(query_name)
+    true = images[t]
+    lt = np.log(true.width / true.height)
+    keep = [j for j, im in enumerate(images) if abs(np.log(im.width / im.height) - lt) <= np.log(tol) + 1e-12]
+    area = true.width * true.height
+    return Candidates([cs.fg_names[j] for j in keep], [resample_to_area(images[j], area) for j in keep], {})
+
+
+def tied_recall(above: np.ndarray, tied: np.ndarray, k: int) -> np.ndarray:
+    """Chance that the true candidate lands in the top ``k`` when ties are broken at random: ``above``
+    candidates score higher, ``tied`` others score the same (a scorer that cannot tell them apart
+    gets chance, not the luck of the candidates' order)."""
+    above, tied = np.asarray(above, dtype=np.float64), np.asarray(tied, dtype=np.float64)
+    return np.clip(k - above, 0, tied + 1) / (tied + 1)
+
+
+def evaluate_matched(ts: TestSet, scorer: Scorer, box_jitter: float = 0.5, seed: int = 0, tol: float = MATCHED_TOL,
+                     categories: list[str] | None = None, progress: bool = True) -> dict:
+    """The leak-free protocol: each query against its true cutout and the same-class cutouts of about its
+    aspect (``tol``), all resampled to the true cutout's pixel area, with loose boxes. Neither the
+    aspect ratio, the pixel size nor the resampling history gives the answer away. Queries left with a
+    single candidate are skipped (counted in ``n_skipped``). Recall@1/@3 per category, then averaged
+    over categories, with the chance level of each (the mean of 1/n and of min(3, n)/n)."""
+    if ts.kind != "sfosd":
+        raise InputError("the matched protocol needs an S-FOSD test set (one true cutout per background)")
+    cats = categories or list(ts.categories)
+    unknown = [c for c in cats if c not in ts.categories]
+    if unknown:
+        raise InputError(f"unknown categories {unknown}; the test set has {sorted(ts.categories)}")
+    per_cat, skipped = {}, 0
+    bar = tqdm(total=sum(len(ts.categories[c].queries) for c in cats), desc=f"matched {scorer.name}", unit="query",
+               disable=not progress, dynamic_ncols=True)
+    for cat in cats:
+        cs = ts.categories[cat]
+        images = [load_image(p, what="foreground") for p in cs.fg_paths]
+        rows = []
+        for q in cs.queries:
+            bar.update(1)
+            cands = matched_candidates(cs, q.name, images, tol)
+            n = len(cands.names)
+            if n < 2:
+                skipped += 1
+                continue
+            scorer.prepare(cands)
+            bg_img = load_image(q.bg_path, what="background")
+            bg = prepare_background(bg_img, query_box(q, *bg_img.size, box_jitter, seed), scorer.pcfg)
+            scores = np.asarray(scorer.score(bg, cands), dtype=np.float64)
+            mine = scores[cands.names.index(q.name)]
+            rows.append((int((scores > mine).sum()), int((scores == mine).sum()) - 1, n))
+        if rows:
+            r = np.array(rows)
+            per_cat[cat] = {"recall@1": float(np.mean(tied_recall(r[:, 0], r[:, 1], 1))),
+                            "recall@3": float(np.mean(tied_recall(r[:, 0], r[:, 1], 3))),
+                            "chance@1": float(np.mean(1 / r[:, 2])), "chance@3": float(np.mean(np.minimum(3, r[:, 2]) / r[:, 2])),
+                            "mean_candidates": float(np.mean(r[:, 2])), "n_queries": len(rows)}
+    bar.close()
+    if not per_cat:
+        raise InputError(f"no query has a second candidate within aspect x{tol}; raise --aspect-tol")
+    overall = average_over_categories({c: {k: v for k, v in m.items() if k != "n_queries"} for c, m in per_cat.items()})
+    return {"model": scorer.name, "protocol": f"matched (aspect x{tol}, box jitter {box_jitter})",
+            "n_queries": sum(m["n_queries"] for m in per_cat.values()), "n_skipped": skipped, **overall,
+            "per_category": per_cat}
+
+
 def average_runs(runs: list[dict]) -> dict:
     """Mean of several :func:`evaluate` results (same test set, other box seeds), same keys."""
     if len(runs) == 1:
         return runs[0]
     first = runs[0]
-    out = {"model": first["model"], "n_queries": first["n_queries"]}
+    fixed = ("model", "protocol", "n_queries", "n_skipped", "per_category")
+    out = {k: first[k] for k in fixed[:-1] if k in first}
     for k in first:
-        if k not in ("model", "n_queries", "per_category"):
+        if k not in fixed:
             out[k] = float(np.mean([r[k] for r in runs]))
+    out["seed_std"] = {k: float(np.std([r[k] for r in runs])) for k in first if k not in fixed}  # over box seeds
     out["per_category"] = {c: {k: (v if k == "n_queries" else float(np.mean([r["per_category"][c][k] for r in runs])))
                                for k, v in m.items()} for c, m in first["per_category"].items()}
     return out
 
 
 def format_table(result: dict) -> str:
-    keys = [k for k in result if k not in ("model", "n_queries", "per_category")]
+    keys = [k for k in result if k not in ("model", "protocol", "n_queries", "n_skipped", "per_category", "seed_std")]
     rows = [["category", "n", *keys]]
     for c, m in result["per_category"].items():
         rows.append([c, str(m["n_queries"]), *[f"{m[k]:.3f}" for k in keys]])

@@ -6,12 +6,12 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from fos import cli
 from fos.checkpoint import atomic_write_json
 from fos.data import load_test
-from fos.evaluate import TRAINED, __doc__ as DOC, average_runs, evaluate, format_table, make_scorer
+from fos.evaluate import (
+    MATCHED_TOL, TRAINED, __doc__ as DOC, average_runs, evaluate, evaluate_matched, format_table, make_scorer,
+)
 from fos.evaluate.baselines import BASELINES
 from fos.preprocess import COMPOSITES
 
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composite", default="stretch", choices=COMPOSITES,
                    help="teacher: stretch (DiscoFOS's composite, what it was trained on) or fit (what the app shows)")
     p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")
+    p.add_argument("--protocol", default="standard", choices=["standard", "matched"],
+                   help="matched: candidates of about the true cutout's aspect, all resampled to its pixel area "
+                        "(leak-free; loose boxes, --box-jitter 0.5 unless given)")
+    p.add_argument("--aspect-tol", type=float, default=MATCHED_TOL, help="matched: aspect-ratio factor of the candidates")
     p.add_argument("--box-jitter", type=cli.fraction, default=0.0,
                    help="loose-box protocol: enlarge boxes by up to this fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of the loose boxes (and of the random baseline)")
@@ -50,15 +54,22 @@ def run(a) -> int:
     t0 = time.time()
     cats = a.categories.split(",") if a.categories else None
     seeds = a.seeds or [a.seed]
-    runs = [evaluate(ts, scorer, a.box_jitter, sd, a.threshold, cats) for sd in seeds]
+    if a.protocol == "matched":
+        jitter = a.box_jitter if a.box_jitter > 0 else 0.5
+        runs = [evaluate_matched(ts, scorer, jitter, sd, a.aspect_tol, cats) for sd in seeds]
+    else:
+        runs = [evaluate(ts, scorer, a.box_jitter, sd, a.threshold, cats) for sd in seeds]
     res = average_runs(runs)
     where = getattr(getattr(scorer, "backend", None), "description", "no network")
-    print(f"{a.model} on {a.data} ({ts.kind}, box jitter {a.box_jitter}, {where}), {time.time() - t0:.1f}s")
+    print(f"{a.model} on {a.data} ({res.get('protocol', ts.kind)}, box jitter {a.box_jitter}, {where}), "
+          f"{time.time() - t0:.1f}s")
     print(format_table(res))
+    if "chance@1" in res:
+        print(f"recall@1 {res['recall@1']:.3f} against chance {res['chance@1']:.3f}; recall@3 {res['recall@3']:.3f} "
+              f"against chance {res['chance@3']:.3f} ({res['n_queries']} queries, {res['n_skipped']} with a single "
+              "candidate skipped)")
     if len(seeds) > 1:
-        keys = [k for k in res if k not in ("model", "n_queries", "per_category")]
-        print(f"over box seeds {seeds}: " + ", ".join(
-            f"{k} {res[k]:.3f} ± {np.std([r[k] for r in runs]):.3f}" for k in keys))
+        print(f"over box seeds {seeds}: " + ", ".join(f"{k} {res[k]:.3f} ± {v:.3f}" for k, v in res["seed_std"].items()))
     if a.json:
         atomic_write_json(a.json, res)
         print(f"wrote {os.path.abspath(a.json)}")

@@ -103,9 +103,11 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
     batch = torch.export.Dim("batch", min=1, max=4096)
     dyn = {name: {0: torch.export.Dim("bg_batch", min=1, max=4096) if name == "bg_part" else batch} for name in inputs}
     tmp = path + ".tmp"
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" and the like
+    # the exporter's INFO chatter ("torchvision is not installed. Skipping torchvision::nms", optimizer passes)
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # batch == bg_batch at export
@@ -115,7 +117,8 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
         os.replace(tmp, path)
     finally:
-        quiet.setLevel(level)
+        for q, lv in zip(quiet, levels):
+            q.setLevel(lv)
         if os.path.exists(tmp):
             os.unlink(tmp)
 

@@ -36,6 +36,8 @@ class Result:
     teacher_score: float | None = None
     image: object = None  # a user's cutout (PIL), when the item is not in the library
     mask: str | None = None  # the cutout's mask file, when it has one
+    appearance: float = 0.0  # the student's logit from pixels alone (geometry switched off)
+    geometry: float = 0.0  # the student's logit from box and cutout shape and size; sum = logit(student_score)
 
 
 @dataclass
@@ -56,7 +58,9 @@ class SearchOutput:
     n_scored: int = 0
 
     def to_json(self) -> dict:
-        return {"results": [{"id": r.id, "category": r.category, "score": r.score, "path": r.path}
+        return {"results": [{"id": r.id, "category": r.category, "score": r.score, "path": r.path,
+                             "student_score": r.student_score, "teacher_score": r.teacher_score,
+                             "appearance_logit": r.appearance, "geometry_logit": r.geometry}
                             for r in self.results]}
 
 
@@ -131,11 +135,12 @@ class SearchEngine:
                 raise LibraryError(f"the {self.cfg.store} vector store returned {len(cand)} candidates for K={kk}")
         t1 = time.perf_counter()
         t["prefilter"] = (t1 - t0) * 1e3
-        scores = self.scoring.student(q, self.lib.fmap[cand], self.lib.sizes[cand])
-        results = [self._result(int(i), float(s)) for i, s in zip(cand, scores)]
+        scores, app, geo = self.scoring.student_parts(q, self.lib.fmap[cand], self.lib.sizes[cand])
+        results = [self._result(int(i), float(s), float(a), float(g)) for i, s, a, g in zip(cand, scores, app, geo)]
         if extra:
-            xs = self.scoring.student(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra])
-            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image) for e, s in zip(extra, xs)]
+            xs, xa, xg = self.scoring.student_parts(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra])
+            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image, appearance=float(a),
+                               geometry=float(g)) for e, s, a, g in zip(extra, xs, xa, xg)]
         results.sort(key=lambda r: -r.score)
         t2 = time.perf_counter()
         t["head"] = (t2 - t1) * 1e3
@@ -156,9 +161,10 @@ class SearchEngine:
         """The teacher on the composites the app shows (``fit``) of ``results``."""
         return self.scoring.teacher(q, [self.cutout(r) for r in results], rule="fit", masks=[r.mask for r in results])
 
-    def _result(self, i: int, score: float) -> Result:
+    def _result(self, i: int, score: float, appearance: float, geometry: float) -> Result:
         it = self.lib.items[i]
-        return Result(it["id"], it["category"], score, self.lib.path(i), i, score, mask=self.lib.mask_path(i))
+        return Result(it["id"], it["category"], score, self.lib.path(i), i, score, mask=self.lib.mask_path(i),
+                      appearance=appearance, geometry=geometry)
 
     def encode_extra(self, images: list, names: list[str]) -> tuple[list[ExtraItem], list[str]]:
         """User cutouts -> cached :class:`ExtraItem` s (computed once); returns (items, problems)."""

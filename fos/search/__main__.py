@@ -47,8 +47,9 @@ def run(a) -> int:
     cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
     eng = load_engine(a.library, a.weights, a.backend, cfg)
     out = eng.query(a.background, box, a.category, a.k)
+    print("rank  score   appearance  geometry  id   (logits: score = sigmoid(appearance + geometry))")
     for rank, r in enumerate(out.results, 1):
-        print(f"{rank:3d}  {r.score:.4f}  {r.id}  ({r.path})")
+        print(f"{rank:4d}  {r.score:.4f}  {r.appearance:+10.3f}  {r.geometry:+8.3f}  {r.id}")
     print(f"backend: {eng.backend.description}")
     print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
     if a.json:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from fos.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from fos.config import PreprocessCfg, TrainCfg
-from fos.data import DatasetError, TrainRecord, load_train
+from fos.data import DatasetError, TrainRecord, load_train_roots
 from fos.preprocess import (
     foreground_input, geometry_batch, jitter_box, load_image, norm_to_pixel_box, prepare_background, teacher_input,
 )
@@ -88,7 +88,7 @@ class PairDataset(Dataset):
             raise DatasetError(f"training background {r.name!r} has no negatives (no dissimilars, no other foreground of {r.category!r})")
         fgs, comps, geoms = [], [], []
         for j, name in enumerate([pos_name, *negs]):
-            fg = load_image(self.by_name[name].fg_path, what="foreground")
+            fg = self._rescale(load_image(self.by_name[name].fg_path, what="foreground"), rng)
             if j == 0 and rng.random() < self.cfg.aug_prob:
                 fg = self._augment(fg, rng)
             if j == 0:
@@ -114,6 +114,15 @@ class PairDataset(Dataset):
                                                for o in others]))
         return item
 
+    def _rescale(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        """``fg_rescale``: the cutout at a random scale in [1/(1+r), 1+r] (aspect kept), so that its pixel
+        size no longer tells which box it was cut from."""
+        r = self.cfg.fg_rescale
+        if r <= 0:
+            return img
+        f = math.exp(rng.uniform(-math.log1p(r), math.log1p(r)))
+        return img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
+
     def _other_backgrounds(self, i: int, rng: random.Random) -> list:
         """``neg_bg`` other backgrounds of record ``i``'s class (not its similars), boxes jittered alike."""
         r, pool = self.records[i], self.bg_pool[i]
@@ -130,19 +139,27 @@ class PairDataset(Dataset):
 
 
 class ResumableSampler(Sampler):
-    """A seeded permutation per epoch that can start part-way through."""
+    """A seeded permutation per epoch that can start part-way through. With ``world`` > 1 (several
+    processes) each rank takes every ``world``-th index of the same permutation, the tail cut so that
+    every rank gets as many; ``start`` counts samples of the whole permutation."""
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.rank, self.world = rank, world
 
     def order(self) -> list[int]:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
 
+    def _mine(self) -> list[int]:
+        rest = self.order()[self.start:]
+        rest = rest[: len(rest) // self.world * self.world]
+        return rest[self.rank::self.world]
+
     def __iter__(self):
-        return iter(self.order()[self.start:])
+        return iter(self._mine())
 
     def __len__(self):
-        return self.n - self.start
+        return len(self._mine())
 
 
 # --------------------------------------------------------------------------- losses
@@ -166,7 +183,9 @@ def _freeze_bn(module: torch.nn.Module) -> None:
 
 
 def _prepare(kind: str, cfg: TrainCfg):
-    model = build_model(kind)
+    model = build_model(cfg.model or kind)
+    if model.cfg.kind != kind:
+        raise ValueError(f"--model {cfg.model} is a {model.cfg.kind}, not a {kind}")
     geom = model.geom_fc if kind == "teacher" else model.head.geom_fc
     if geom is not None:  # start from the geometry ranking: -prior * aspect mismatch - scale_prior * scale mismatch
         with torch.no_grad():
@@ -231,17 +250,58 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     return parts
 
 
+class TrainStep(torch.nn.Module):
+    """What DistributedDataParallel wraps: the model being trained (and, for the student, the frozen
+    teacher, whose parameters need no gradients); ``forward(batch)`` returns the losses."""
+
+    def __init__(self, kind: str, model, teacher, cfg: TrainCfg):
+        super().__init__()
+        self.kind, self.model, self.teacher, self.cfg = kind, model, teacher, cfg
+
+    def forward(self, batch):
+        return step_losses(self.kind, self.model, self.teacher, batch, self.cfg)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; starts the process group when world > 1
+    (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, local
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str = "") -> str:
-    """Train ``kind`` ("teacher" or "student"); returns the path of the saved safetensors."""
+    """Train ``kind`` ("teacher" or "student"); returns the path of the saved safetensors.
+
+    Under ``torchrun --nproc_per_node N`` every process trains on its share of each batch with
+    DistributedDataParallel; rank 0 alone writes checkpoints, logs and the final weights.
+    """
+    rank, world, local = _distributed()
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     set_threads(cfg.threads)
     pcfg = PreprocessCfg()
-    records = load_train(cfg.data, cfg.labels)
+    records = load_train_roots(cfg.data, cfg.labels)
     if cfg.limit:
         records = records[: cfg.limit]
     model, teacher = _prepare(kind, cfg)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
     backbone = {id(p) for n, p in model.named_parameters() if "encoder." in n or n.startswith("backbone.")}
     groups = [
         {"params": [p for p in model.parameters() if p.requires_grad and id(p) in backbone], "lr": cfg.lr},
@@ -250,8 +310,11 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     ]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     ds = PairDataset(records, cfg, pcfg, student_inputs=(kind == "student"))
-    sampler = ResumableSampler(len(ds), cfg.seed)
-    steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
+    sampler = ResumableSampler(len(ds), cfg.seed, rank, world)
+    per_step = cfg.batch_size * world  # samples of the permutation consumed by one step of all ranks
+    steps_per_epoch = (len(ds) // world * world + per_step - 1) // per_step
+    if steps_per_epoch < 1:
+        raise DatasetError(f"{len(ds)} training backgrounds are too few for {world} processes")
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -261,7 +324,7 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     step, epoch, elapsed = 0, 0, 0.0
     if os.path.exists(ckpt_path) and not restart:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["cfg"] != asdict(cfg) or state["kind"] != kind:
+        if state["cfg"] != asdict(cfg) or state["kind"] != kind or state.get("world", 1) != world:
             raise ValueError(f"{ckpt_path} was made with other settings; pass --restart to start over, or use another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -269,22 +332,34 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
         step, elapsed = state["step"], state["elapsed"]
         log.info("resumed from %s at step %d/%d", ckpt_path, step, total)
     log_path = os.path.join(cfg.out, "log.jsonl")
+    runner = TrainStep(kind, model, teacher, cfg)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(runner, device_ids=[local] if device.type == "cuda" else None)
+    amp = cfg.amp and device.type == "cuda"
 
     def checkpoint():
-        atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                           "step": step, "elapsed": elapsed, "cfg": asdict(cfg), "kind": kind}, ckpt_path)
+        if rank == 0:
+            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                               "step": step, "elapsed": elapsed, "cfg": asdict(cfg), "kind": kind, "world": world},
+                              ckpt_path)
+        if world > 1:
+            torch.distributed.barrier()
 
-    bar = tqdm(total=total, initial=step, desc=f"train {kind}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"train {kind}", unit="step", dynamic_ncols=True, disable=rank != 0)
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         ds.epoch = sampler.epoch = epoch
-        sampler.start = in_epoch * cfg.batch_size
-        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)
+        sampler.start = in_epoch * per_step
+        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                            pin_memory=device.type == "cuda")
         model.train()
         _freeze_bn(model)
         t0 = time.time()
         for batch in loader:
-            parts = step_losses(kind, model, teacher, batch, cfg)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                parts = runner(_to(batch, device))
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -293,9 +368,14 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
             now = time.time()
             elapsed += now - t0
             t0 = now
-            vals = {k: round(float(v.detach()), 5) for k, v in parts.items()}
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0], **vals}) + "\n")
+            vals = torch.stack([v.detach().float() for v in parts.values()])
+            if world > 1:  # the log shows the mean over the ranks
+                torch.distributed.all_reduce(vals)
+                vals /= world
+            vals = {k: round(float(v), 5) for k, v in zip(parts, vals)}
+            if rank == 0:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0], **vals}) + "\n")
             bar.set_postfix(vals)
             bar.update(1)
             if step % cfg.ckpt_every == 0 or step % steps_per_epoch == 0 or step >= total:
@@ -304,8 +384,20 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
                 break
     bar.close()
     model.eval()
-    save_checkpoint(model, save, pcfg, model_name=kind, train_cfg=asdict(cfg), train_seconds=round(elapsed, 1),
-                    steps=step, command=command, torch_threads=torch.get_num_threads())
-    log.info("saved %s (and %s) after %d steps, %.1f min of training; checkpoints and log.jsonl in %s",
-             save, os.path.splitext(save)[0] + ".json", step, elapsed / 60, cfg.out)
+    model.to("cpu")
+    meta = {"model_name": cfg.model or kind, "train_cfg": asdict(cfg), "train_seconds": round(elapsed, 1),
+            "steps": step, "command": command, "torch_threads": torch.get_num_threads(), "world_size": world}
+    if world > 1:  # every rank's weights, by sha256: DDP keeps them identical
+        from fos.checkpoint import weights_sha256
+
+        shas = [None] * world
+        torch.distributed.all_gather_object(shas, weights_sha256(model))
+        meta["rank_weights_sha256"] = shas
+    if rank == 0:
+        save_checkpoint(model, save, pcfg, **meta)
+        log.info("saved %s (and %s) after %d steps, %.1f min of training; checkpoints and log.jsonl in %s",
+                 save, os.path.splitext(save)[0] + ".json", step, elapsed / 60, cfg.out)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return save

@@ -15,9 +15,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["teacher", "student"])
     for f, v in asdict(TrainCfg()).items():
-        if f in ("out", "threads"):
+        if f in ("out", "threads", "data", "amp"):
             continue
         p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    p.add_argument("--data", action="append", default=None,
+                   help=f"dataset root in FOSD layout; repeat to train on several (default {TrainCfg().data[0]})")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--out", default=None, help="run folder for checkpoints and logs (default runs/<kind>)")
     p.add_argument("--save", default=None, help="final safetensors file (default weights/<kind>.safetensors)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
@@ -29,7 +32,9 @@ def main(argv=None) -> int:
     names = [f for f in asdict(TrainCfg()) if f != "out"]
 
     def run(a) -> int:
-        cfg = TrainCfg(out=a.out or f"runs/{a.kind}", **{f: getattr(a, f) for f in names})
+        vals = {f: getattr(a, f) for f in names}
+        vals["data"] = a.data or TrainCfg().data
+        cfg = TrainCfg(out=a.out or f"runs/{a.kind}", **vals)
         fit(a.kind, cfg, a.save or f"weights/{a.kind}.safetensors", a.restart,
             command="python -m fos.train " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
