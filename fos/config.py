@@ -45,7 +45,7 @@ class ModelCfg(Cfg):
     read their old value from ``LEGACY`` when a saved config lacks them.
     """
 
-    LEGACY = {"geometry_dims": 3, "linear_features": False}
+    LEGACY = {"geometry_dims": 3, "linear_features": False, "head_act": "relu"}
 
     kind: str = "student"  # "student" or "teacher"
     backbone: str = "mobilenet_v2"  # "mobilenet_v2", "vgg19" or "tiny" (random-init test network)
@@ -60,6 +60,10 @@ class ModelCfg(Cfg):
     # learning rate died (1 of 128 live channels in the background encoder); a linear map cannot.
     # False (ReLU) is what checkpoints made before this field existed use.
     linear_features: bool = True
+    # activation after the head's first conv: "leaky" (LeakyReLU 0.1) or "relu". The ReLU head of the
+    # student shipped until now died in training: every unit negative on every test pair, so its score
+    # did not depend on the cutout's pixels at all. A leaky unit cannot die.
+    head_act: str = "leaky"
     align_size: int = 7  # RoIAlign output size
     sampling_ratio: int = 2  # RoIAlign samples per bin side; <= 0 means adaptive (torchvision's -1)
 

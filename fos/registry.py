@@ -38,7 +38,7 @@ def teacher_vgg19() -> ModelCfg:
 def student_vgg19() -> ModelCfg:
     """The paper's student (official DiscoFOS checkpoint layout): VGG19, RoIConcat head on 512 channels."""
     return ModelCfg(kind="student", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1,
-                    linear_features=False)
+                    linear_features=False, head_act="relu")
 
 
 @register_model

@@ -83,14 +83,6 @@ class Scoring:
                                                  self.geometry(q, sizes[part], appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def student_parts(self, q: Query, fg_part: np.ndarray, sizes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scores, appearance logits, geometry logits), each (N,): the student's logit is the sum of an
-        appearance part (the head on pixels, geometry switched off) and a geometry part (box and cutout
-        shape and size); score = sigmoid(appearance + geometry)."""
-        full = self.student(q, fg_part, sizes)
-        app = logit(self.student(q, fg_part, sizes, appearance_only=True))
-        return full, app, logit(full) - app
-
     def teacher(self, q: Query | PreparedBackground, images: list, rule: str = "stretch", appearance_only: bool = False,
                 masks: list | None = None) -> np.ndarray:
         """Teacher scores (N,) of cutouts ``images`` (PIL) composited into the query's box by ``rule``."""

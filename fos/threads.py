@@ -30,12 +30,23 @@ def default_threads() -> int:
     return max(1, min(8, available_cores() // 2))
 
 
+_chosen: int | None = None  # what set_threads chose; ONNX Runtime sessions made later use it too
+
+
 def set_threads(n: int = 0) -> int:
-    """Set torch's intra-op threads to ``n`` (0 = :func:`default_threads`); returns the count used."""
+    """Set the thread count of torch and of ONNX Runtime sessions made afterwards to ``n``
+    (0 = :func:`default_threads`); returns the count used."""
+    global _chosen
     import torch
 
-    n = n or default_threads()
     if n < 0:
         raise ValueError(f"--threads must be 0 (automatic) or a positive number, got {n}")
+    n = n or default_threads()
     torch.set_num_threads(n)
+    _chosen = n
     return n
+
+
+def current_threads() -> int:
+    """The count :func:`set_threads` chose, else :func:`default_threads`."""
+    return _chosen or default_threads()

@@ -210,3 +210,26 @@ def test_geometry_width_and_models_made_with_three_columns(tmp_path):
         a = loaded.fuse(roi, fmap, g5)[1]
         b = loaded.fuse(roi, fmap, torch.cat([g5[:, :3], torch.randn(2, 2)], 1))[1]
     assert torch.equal(a, b)  # the scale columns are not read
+
+
+def test_a_leaky_head_depends_on_the_cutout_even_when_every_unit_is_negative(tmp_path):
+    """The shipped ReLU student's head died (every unit below zero): its score ignored the cutout.
+    A leaky head (the default now) still depends on it; old configs still load as ReLU heads."""
+    import json
+
+    torch.manual_seed(0)
+    roi, fmaps, g = torch.randn(1, 16, 7, 7), torch.randn(3, 16, 7, 7), torch.zeros(3, 5)
+    for act, varies in (("relu", False), ("leaky", True)):
+        s = build_model("student_tiny", head_act=act).eval()
+        with torch.no_grad():
+            s.head.conv1.bias.fill_(-1e3)  # every unit far below zero
+            _, logit = s.fuse(roi, fmaps, g)
+        assert (logit.std() > 1e-3) == varies, act
+    s = build_model("student_tiny", head_act="relu")
+    path = str(tmp_path / "old.safetensors")
+    save_checkpoint(s, path)
+    side = tmp_path / "old.json"
+    info = json.loads(side.read_text())
+    del info["model_cfg"]["head_act"]  # a config saved before the field existed
+    side.write_text(json.dumps(info))
+    assert load_checkpoint(path).head.act == "relu"

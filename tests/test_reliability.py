@@ -126,6 +126,17 @@ def test_thread_count_default_and_override(monkeypatch):
     monkeypatch.setenv("FOS_THREADS", "many")
     with pytest.raises(ValueError, match="FOS_THREADS must be a whole number"):
         default_threads()
+    # --threads reaches ONNX Runtime sessions too, not only torch
+    import torch
+
+    import fos.threads as th
+
+    before = torch.get_num_threads()
+    try:
+        assert th.set_threads(3) == 3 and th.current_threads() == 3 and torch.get_num_threads() == 3
+    finally:
+        monkeypatch.setattr(th, "_chosen", None)
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- layers

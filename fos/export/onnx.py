@@ -1,8 +1,8 @@
 """ONNX export of the four graphs of :data:`fos.runtime.GRAPHS`, and its parity check.
 
 The wrappers below are export-only (do not call them directly): each runs the model methods that
-the torch backend runs for that graph. Every graph has a dynamic batch dimension (``bg_part`` of the
-head has its own, normally 1). Models without geometry get a ``geom`` input too (ignored), so every
+the torch backend runs for that graph. Every graph has a dynamic batch dimension; the head's
+``bg_part`` has batch 1 (one query, broadcast over its candidates). Models without geometry get a ``geom`` input too (ignored), so every
 backend has one signature. Export uses the current ``torch.export``-based exporter (``dynamo=True``).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import copy
 import logging
 import os
 import time
-import warnings
 
 import torch
 from torch import nn
@@ -101,7 +100,9 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
         wrapper = wrapper.half()
         args = tuple(x.half() for x in args)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dyn = {name: {0: torch.export.Dim("bg_batch", min=1, max=4096) if name == "bg_part" else batch} for name in inputs}
+    # bg_part is one query's half (batch 1) broadcast over the candidates: a dynamic batch of its own
+    # would make the exporter assume it equals the candidates' batch (broadcasting cannot be traced)
+    dyn = {name: (None if name == "bg_part" else {0: batch}) for name in inputs}
     tmp = path + ".tmp"
     # the exporter's INFO chatter ("torchvision is not installed. Skipping torchvision::nms", optimizer passes)
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
@@ -109,8 +110,7 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
     for q in quiet:
         q.setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # batch == bg_batch at export
+        with torch.no_grad():
             torch.onnx.export(wrapper, args, tmp, input_names=list(inputs), output_names=outputs,
                               dynamic_shapes=dyn, opset_version=OPSET, dynamo=True, external_data=False,
                               verbose=False)
@@ -149,7 +149,8 @@ def export_onnx(weights: str | WeightsDir = "weights", out: str | None = None, f
         _export_one(wrapper, inputs, outputs, path, precision == "float16")
         manifest["graphs"][f"{name}:{precision}"] = {
             "file": fname, "precision": precision, "sha256": sha256(path),
-            "inputs": {k: ["batch" if i == 0 else s for i, s in enumerate(v.shape)] for k, v in inputs.items()},
+            "inputs": {k: ["batch" if i == 0 and k != "bg_part" else s for i, s in enumerate(v.shape)]
+                       for k, v in inputs.items()},
             "outputs": outputs, "source": "teacher" if name == "teacher" else "student"}
     atomic_write_json(os.path.join(out, "manifest.json"), manifest)
     log.info("ONNX graphs and manifest.json written to %s", os.path.abspath(out))

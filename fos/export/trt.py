@@ -44,6 +44,8 @@ def build_engine(onnx_dir: str, graph: str, out_dir: str, fp16: bool = False, mi
     shapes = {}
     for i in range(network.num_inputs):
         t = network.get_input(i)
+        if all(d >= 0 for d in t.shape):  # a static input (bg_part, batch 1) needs no profile
+            continue
         rest = list(t.shape)[1:]
         if any(d < 0 for d in rest):
             raise BackendError(f"{src}: input {t.name} has dynamic non-batch dims {list(t.shape)}")

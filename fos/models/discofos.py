@@ -67,8 +67,12 @@ class DistillHead(nn.Module):
     half can be computed once and reused (the concatenation never needs to exist).
     """
 
-    def __init__(self, dim: int, geometry: bool, linear_feature: bool = False, geometry_dims: int = 3):
+    def __init__(self, dim: int, geometry: bool, linear_feature: bool = False, geometry_dims: int = 3,
+                 act: str = "relu"):
         super().__init__()
+        if act not in ("relu", "leaky"):
+            raise ValueError(f"unknown head activation {act!r}; use relu or leaky")
+        self.act = act
         self.linear_feature = linear_feature  # no ReLU on conv2: the feature matches a linear teacher map
         self.conv1 = nn.Conv2d(2 * dim, dim, 3, padding=1)
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
@@ -86,7 +90,8 @@ class DistillHead(nn.Module):
 
     def finish(self, bg_part: torch.Tensor, fg_part: torch.Tensor, geom: torch.Tensor | None = None):
         """Sum of the halves -> (distillation feature (N, D, a, a), logit (N,))."""
-        h = F.relu(bg_part + fg_part)
+        pre = bg_part + fg_part
+        h = F.leaky_relu(pre, 0.1) if self.act == "leaky" else F.relu(pre)
         feat = self.conv2(h) if self.linear_feature else F.relu(self.conv2(h))
         logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
         if self.geom_fc is not None:
@@ -116,7 +121,7 @@ class Student(nn.Module):
         self.dim = cfg.proj_dim or cin
         self.bg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
         self.fg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
-        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features, cfg.geometry_dims)
+        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features, cfg.geometry_dims, cfg.head_act)
         e = cfg.embed_dim
         self.bg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
         self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()

@@ -9,7 +9,7 @@ method / graph  inputs                                       outputs
 ==============  ===========================================  ==========================================
 student_bg      background (B,3,S,S), crop_box (B,4)         bg_part (B,D,a,a), emb (B,E)
 student_fg      foreground (B,3,S,S)                         fg_part (B,D,a,a), emb (B,E)
-student_head    bg_part (1|B,D,a,a), fg_part (B,D,a,a),      score (B,)
+student_head    bg_part (1,D,a,a), fg_part (B,D,a,a),        score (B,)
                 geom (B,5)
 teacher         composite (B,3,S,S), geom (B,5)              score (B,) (the graph also returns feat)
 ==============  ===========================================  ==========================================
@@ -37,7 +37,7 @@ from fos.runtime.base import (
     BACKENDS, EXPORT_HINT, GRAPHS, Backend, BackendError, GraphBackend, as_weights, geometry_mismatch, have,
     read_manifest,
 )
-from fos.threads import default_threads
+from fos.threads import current_threads
 from fos.weights import WeightsDir
 
 log = logging.getLogger("fos.runtime")
@@ -165,7 +165,7 @@ class OrtBackend(GraphBackend):
         self.np_dtype = np.float16 if precision == "float16" else np.float32
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or default_threads()
+        opts.intra_op_num_threads = threads or current_threads()
         self._sessions: dict[str, object] = {}
         self._opts, self._ort, self._dir, self._m = opts, ort, onnx_dir, m
         self.weights = os.path.abspath(onnx_dir)

@@ -94,7 +94,8 @@ class TrtBackend(GraphBackend):
         with torch.cuda.stream(self.stream):
             for name, arr in inputs.items():
                 arr = np.asarray(arr)
-                hi = self.meta[graph]["shapes"][name]["max"][0]
+                shape = self.meta[graph]["shapes"].get(name)  # None: a static input (bg_part)
+                hi = shape["max"][0] if shape else arr.shape[0]
                 if arr.shape[0] > hi:
                     raise BackendError(f"{graph}: batch {arr.shape[0]} for {name} is past the engine's maximum {hi}; "
                                        "rebuild with a larger --max-batch or send smaller batches")

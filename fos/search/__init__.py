@@ -20,7 +20,7 @@ from fos.library import Library, LibraryError
 from fos.library.store import VectorStore, make_store
 from fos.preprocess import InputError, PreparedBackground, foreground_mask, load_image
 from fos.runtime import Backend, get_backend
-from fos.scoring import Query, Scoring
+from fos.scoring import Query, Scoring, logit
 
 __all__ = ["EngineCfg", "ExtraItem", "Query", "Result", "SearchEngine", "SearchOutput", "load_engine"]
 
@@ -135,13 +135,13 @@ class SearchEngine:
                 raise LibraryError(f"the {self.cfg.store} vector store returned {len(cand)} candidates for K={kk}")
         t1 = time.perf_counter()
         t["prefilter"] = (t1 - t0) * 1e3
-        scores, app, geo = self.scoring.student_parts(q, self.lib.fmap[cand], self.lib.sizes[cand])
-        results = [self._result(int(i), float(s), float(a), float(g)) for i, s, a, g in zip(cand, scores, app, geo)]
+        scores = self.scoring.student(q, self.lib.fmap[cand], self.lib.sizes[cand])
+        results = [self._result(int(i), float(s)) for i, s in zip(cand, scores)]
         if extra:
-            xs, xa, xg = self.scoring.student_parts(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra])
-            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image, appearance=float(a),
-                               geometry=float(g)) for e, s, a, g in zip(extra, xs, xa, xg)]
+            xs = self.scoring.student(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra])
+            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image) for e, s in zip(extra, xs)]
         results.sort(key=lambda r: -r.score)
+        self._split_scores(q, results[:max(k, nr)], extra or [])
         t2 = time.perf_counter()
         t["head"] = (t2 - t1) * 1e3
         if nr:
@@ -161,10 +161,20 @@ class SearchEngine:
         """The teacher on the composites the app shows (``fit``) of ``results``."""
         return self.scoring.teacher(q, [self.cutout(r) for r in results], rule="fit", masks=[r.mask for r in results])
 
-    def _result(self, i: int, score: float, appearance: float, geometry: float) -> Result:
+    def _split_scores(self, q: Query, results: list[Result], extra: list[ExtraItem]) -> None:
+        """Fill ``appearance`` and ``geometry`` of the results shown (one more head call on those alone)."""
+        if not results:
+            return
+        own = {id(e.image): e for e in extra}  # a user's cutouts by object: two uploads may share a name
+        parts = np.stack([self.lib.fmap[r.index] if r.index >= 0 else own[id(r.image)].fg_part for r in results])
+        sizes = [self.lib.sizes[r.index] if r.index >= 0 else own[id(r.image)].size for r in results]
+        app = logit(self.scoring.student(q, parts, sizes, appearance_only=True))
+        for r, a in zip(results, app):
+            r.appearance, r.geometry = float(a), float(logit(np.array([r.student_score]))[0] - a)
+
+    def _result(self, i: int, score: float) -> Result:
         it = self.lib.items[i]
-        return Result(it["id"], it["category"], score, self.lib.path(i), i, score, mask=self.lib.mask_path(i),
-                      appearance=appearance, geometry=geometry)
+        return Result(it["id"], it["category"], score, self.lib.path(i), i, score, mask=self.lib.mask_path(i))
 
     def encode_extra(self, images: list, names: list[str]) -> tuple[list[ExtraItem], list[str]]:
         """User cutouts -> cached :class:`ExtraItem` s (computed once); returns (items, problems)."""
