@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 
-from fos.checkpoint import atomic_write_json
 from fos.preprocess import GEOMETRY_DIM
 
 
@@ -240,9 +239,7 @@ def main(argv=None) -> int:
                                       "official_every_pair_ms", "speedup_vs_official"]))
             if res["recall_vs_k"]:
                 print(table(res["recall_vs_k"], ["K", "recall@1", "recall@5", "library_items", "queries"]))
-        out = a.json or f"runs/bench_{a.what}.json"
-        atomic_write_json(out, res)
-        print(f"wrote {os.path.abspath(out)}")
+        cli.write_json(a.json or f"runs/bench_{a.what}.json", res)
         return 0
 
     return cli.run(run, p, argv)

@@ -49,6 +49,16 @@ def fraction(text: str) -> float:
     return v
 
 
+def write_json(path: str, obj) -> None:
+    """Write a command's JSON output atomically and say where it went."""
+    import os
+
+    from fos.checkpoint import atomic_write_json
+
+    atomic_write_json(path, obj)
+    print(f"wrote {os.path.abspath(path)}")
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="CPU threads for torch and onnxruntime (0: FOS_THREADS, else half the cores)")

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from fos import cli
-from fos.checkpoint import atomic_write_json
 from fos.data import load_test
 from fos.evaluate import (
     MATCHED_TOL, TRAINED, __doc__ as DOC, average_runs, evaluate, evaluate_matched, format_table, make_scorer,
@@ -71,8 +69,7 @@ def run(a) -> int:
     if len(seeds) > 1:
         print(f"over box seeds {seeds}: " + ", ".join(f"{k} {res[k]:.3f} ± {v:.3f}" for k, v in res["seed_std"].items()))
     if a.json:
-        atomic_write_json(a.json, res)
-        print(f"wrote {os.path.abspath(a.json)}")
+        cli.write_json(a.json, res)
     return 0
 
 

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from fos import cli
-from fos.checkpoint import atomic_write_json
 from fos.config import EngineCfg
 from fos.preprocess import InputError
 from fos.search import __doc__ as DOC, load_engine
@@ -53,8 +51,7 @@ def run(a) -> int:
     print(f"backend: {eng.backend.description}")
     print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
     if a.json:
-        atomic_write_json(a.json, out.to_json())
-        print(f"wrote {os.path.abspath(a.json)}")
+        cli.write_json(a.json, out.to_json())
     return 0
 
 
