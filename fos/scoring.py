@@ -67,10 +67,10 @@ class Scoring:
         return np.concatenate(parts), np.concatenate(embs)
 
     @staticmethod
-    def geometry(q: Query, sizes, appearance_only: bool = False) -> np.ndarray:
+    def geometry(q: Query | PreparedBackground, sizes, appearance_only: bool = False) -> np.ndarray:
         """(N, 5) geometry of foregrounds of pixel ``sizes`` (N, 2) against the query box; zeros
         switch the (bias-free) geometry term off (the appearance-only ablation)."""
-        g = geometry_batch(q.bg.box, sizes)
+        g = geometry_batch((q.bg if isinstance(q, Query) else q).box, sizes)
         return np.zeros_like(g) if appearance_only else g
 
     def student(self, q: Query, fg_part: np.ndarray, sizes, appearance_only: bool = False) -> np.ndarray:
@@ -93,6 +93,5 @@ class Scoring:
             chunk = images[s:s + self.image_batch]
             x = torch.stack([teacher_input(bg, im, self.pcfg, rule, mask)
                              for im, mask in zip(chunk, masks[s:s + self.image_batch])]).numpy()
-            g = geometry_batch(bg.box, [im.size for im in chunk])
-            out.append(self.backend.teacher(x, np.zeros_like(g) if appearance_only else g))
+            out.append(self.backend.teacher(x, self.geometry(bg, [im.size for im in chunk], appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
