@@ -48,6 +48,11 @@ class WeightsDir:
         """sha256 of the student weights (what libraries and exported graphs record)."""
         return file_sha256(self.student)
 
+    @cached_property
+    def teacher_sha256(self) -> str:
+        """sha256 of the teacher weights (what exported graphs record)."""
+        return file_sha256(self.teacher)
+
     def default_library(self) -> str:
         """Where the app keeps the default library encoded by these weights (one folder per student)."""
         return os.path.join(self.root, f"library-{self.student_sha256[:12]}")

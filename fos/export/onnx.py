@@ -134,9 +134,9 @@ def export_onnx(weights: str | WeightsDir = "weights", out: str | None = None, f
     pcfg = student.preprocess_cfg
     os.makedirs(out, exist_ok=True)
     specs = graph_specs(teacher, student, pcfg)
-    src = {"student": {"path": os.path.abspath(w.student), "sha256": sha256(w.student)}}
+    src = {"student": {"path": os.path.abspath(w.student), "sha256": w.student_sha256}}
     if teacher is not None:
-        src["teacher"] = {"path": os.path.abspath(w.teacher), "sha256": sha256(w.teacher)}
+        src["teacher"] = {"path": os.path.abspath(w.teacher), "sha256": w.teacher_sha256}
     manifest = {"opset": OPSET, "preprocess_cfg": pcfg.__dict__, "source_weights": src, "graphs": {},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     from tqdm import tqdm

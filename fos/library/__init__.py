@@ -24,6 +24,7 @@ or a FOSD-format dataset root (``train/fg`` and/or ``test/fg``; items keep their
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from fos.checkpoint import atomic_write, atomic_write_json, file_sha256
+from fos.checkpoint import atomic_write, atomic_write_json
 from fos.data import DatasetError, read_json
 from fos.preprocess import InputError, foreground_mask, load_image
 from fos.scoring import Scoring
@@ -230,15 +231,17 @@ class Library:
                 "weights (`python -m fos.library build --src SRC --out NEW_FOLDER`)")
 
 
-def _store_file(lib_root: str, path: str, sha: str) -> str:
-    """Copy ``path`` into ``LIB/files/<sha><ext>`` (once per content); returns the path relative to LIB."""
+def _store_file(lib_root: str, path: str) -> tuple[str, str]:
+    """Copy ``path`` into ``LIB/files/<sha256><ext>`` (once per content), reading it once; returns
+    (path relative to LIB, sha256)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    sha = hashlib.sha256(data).hexdigest()
     rel = os.path.join("files", sha + os.path.splitext(path)[1].lower())
     dst = os.path.join(lib_root, rel)
     if not os.path.exists(dst):
-        with open(path, "rb") as f:
-            data = f.read()
         atomic_write(dst, lambda f: f.write(data))
-    return rel
+    return rel, sha
 
 
 def encode_items(backend, items: list[SourceItem], lib_root: str, progress: bool = False):
@@ -251,10 +254,10 @@ def encode_items(backend, items: list[SourceItem], lib_root: str, progress: bool
             img = load_image(it.path, "RGBA", scoring.pcfg, what="foreground")
             if not foreground_mask(img, it.mask).any():
                 raise InputError("no object pixels (all white or transparent)")
-            sha = file_sha256(it.path)
-            entry = {"id": it.id, "category": it.category, "file": _store_file(lib_root, it.path, sha),
+            rel, sha = _store_file(lib_root, it.path)
+            entry = {"id": it.id, "category": it.category, "file": rel,
                      "source": os.path.abspath(it.path), "width": img.width, "height": img.height, "sha256": sha,
-                     "mask_file": _store_file(lib_root, it.mask, file_sha256(it.mask)) if it.mask else None}
+                     "mask_file": _store_file(lib_root, it.mask)[0] if it.mask else None}
             kept.append(entry)
             images.append(img)
         except (InputError, OSError) as e:

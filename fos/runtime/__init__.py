@@ -125,7 +125,7 @@ def onnx_problem(weights: str | WeightsDir, onnx_dir: str | None = None, precisi
     src = m.get("source_weights", {})
     if w.has("student") and src.get("student", {}).get("sha256") != w.student_sha256:
         return f"the graphs in {onnx_dir} were exported from other weights than {w.student}"
-    if w.has("teacher") and "teacher" in src and src["teacher"].get("sha256") != weights_sha256(w.teacher):
+    if w.has("teacher") and "teacher" in src and src["teacher"].get("sha256") != w.teacher_sha256:
         return f"the graphs in {onnx_dir} were exported from another teacher than {w.teacher}"
     if geometry_mismatch(m):
         return f"the graphs in {onnx_dir} take another geometry width than this version ({GEOMETRY_DIM} columns)"
