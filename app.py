@@ -31,6 +31,7 @@ log = logging.getLogger("fos.app")
 WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
 LIBRARY = os.environ.get("FOS_LIBRARY") or None  # None: the default library, built from assets/library
 BACKEND = os.environ.get("FOS_BACKEND", "auto")
+LOCALIZER = os.environ.get("FOS_LOCALIZER") or os.path.join(WEIGHTS, "localizer.safetensors")
 MAX_UPLOADS = 20
 # Composites are written here under unique names and handed to Gradio as paths: Gradio copies a path
 # into its cache atomically, while returning PIL images makes it rewrite one content-hashed file per
@@ -141,7 +142,40 @@ def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: 
     return gallery, rows, info, (fulls[0] if fulls else None), fulls
 
 
-def build_demo(engine: SearchEngine):
+def load_localizer():
+    """The weakly supervised localizer for the "cut out from a photo" panel; None when its weights are missing."""
+    if not os.path.isfile(LOCALIZER):
+        log.warning("no localizer weights at %s: the cut-out panel is off (python -m fos.localize.train)", LOCALIZER)
+        return None
+    from fos.localize.infer import Localizer
+
+    loc = Localizer(LOCALIZER)
+    log.info("localizer %s (%s, %d classes, masks by %s)", LOCALIZER, loc.cfg.method, len(loc.classes),
+             loc.cfg.mask_method)
+    return loc
+
+
+def cut_from_photo(localizer, photo, category: str, box_text: str | None, method: str | None):
+    """Localize ``category`` in ``photo`` (or use the typed box) and cut it out; returns (preview of the
+    photo with box and mask, RGBA cutout, box text, message)."""
+    from fos.localize.infer import draw_localization
+
+    if localizer is None:
+        raise InputError("no localizer weights are installed (weights/localizer.safetensors)")
+    if photo is None:
+        raise InputError("no photo: upload a photo to cut an object out of")
+    if not category:
+        raise InputError("no category: choose what the photo shows")
+    img = load_image(photo, "RGB", what="photo")
+    box = parse_box_text(box_text)
+    c = localizer.cut(img, category, box=box, method=method or None)
+    low = c.loc.score < localizer.cfg.score_threshold
+    msg = (f"**{category}** score {c.loc.score:.2f}" + (" (low: the photo may not show one)" if low else "")
+           + f" · box {list(c.box)} ({'typed' if box else 'proposed'}) · mask by {c.method}")
+    return draw_localization(img, c.box, c.mask), c.rgba(), ",".join(str(v) for v in c.box), msg
+
+
+def build_demo(engine: SearchEngine, localizer=None):
     import gradio as gr
 
     cats = engine.lib.category_names()
@@ -199,7 +233,7 @@ def build_demo(engine: SearchEngine):
             image, box = annot, (state or {}).get("clicks_box")
         typed = parse_box_text(box_text)
         box = typed if typed is not None else box
-        uploads = (state or {}).get("items")
+        uploads = ((state or {}).get("items") or []) + ((state or {}).get("cuts") or [])
         gallery, rows, info, big, fulls = run_search(engine, image, box, category, k, n_rerank if use_teacher else 0,
                                                      uploads)
         return gallery, rows, info, big, fulls
@@ -286,13 +320,63 @@ def build_demo(engine: SearchEngine):
         btn.click(on_search, [annot, box_text, category, k, use_teacher, n_rerank, state],
                   [gallery, table, info, big, fulls], api_name="search", concurrency_limit=2)
         gallery.select(on_select, fulls, big, api_name=False)
+
+        with gr.Accordion("Cut out from a photo (weakly supervised localization)", open=False):
+            gr.Markdown("Upload a photo that shows an object, pick its category: the localizer proposes a box "
+                        "and a cutout. Edit the box if needed, then add the cutout to this session's library; "
+                        "the next search ranks it with the rest." if localizer else
+                        "No localizer weights are installed, so this panel is off.")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    cut_file = gr.File(label="Photo (PNG or JPEG)", file_types=["image"], elem_id="cut_upload")
+                    cut_cat = gr.Dropdown(localizer.classes if localizer else [], label="What the photo shows",
+                                          elem_id="cut_category")
+                    cut_box = gr.Textbox(label="Box x1,y1,x2,y2 (proposed; edit to adjust, empty to propose again)",
+                                         elem_id="cut_box")
+                    cut_method = gr.Dropdown(["grabcut", "u2netp", "cam"],
+                                             value=localizer.cfg.mask_method if localizer else None,
+                                             label="Mask inside the box", elem_id="cut_method")
+                    with gr.Row():
+                        cut_btn = gr.Button("Propose box and cutout", elem_id="cut_propose")
+                        add_btn = gr.Button("Add the cutout to my library", elem_id="cut_add")
+                    cut_msg = gr.Markdown(elem_id="cut_msg")
+                cut_view = gr.Image(label="Box and mask", interactive=False, elem_id="cut_view")
+                cut_img = gr.Image(label="Cutout", interactive=False, image_mode="RGBA", type="pil",
+                                   elem_id="cut_img")
+
+        @safe
+        def on_cut(file, cat, box_text, method):
+            path = getattr(file, "name", file)
+            view, cut, btext, msg = cut_from_photo(localizer, path, cat, box_text, method)
+            return view, cut, btext, msg
+
+        @safe
+        def on_add(file, cat, box_text, method, st):
+            path = getattr(file, "name", file)
+            view, cut, btext, msg = cut_from_photo(localizer, path, cat, box_text, method)
+            st = dict(st or {})
+            cuts = list(st.get("cuts") or [])
+            if len(cuts) >= MAX_UPLOADS:
+                raise InputError(f"this session holds {MAX_UPLOADS} cut-out objects already")
+            name = f"cut: {os.path.splitext(os.path.basename(str(path)))[0]} ({cat})"
+            new, problems = engine.encode_extra([cut], [name])
+            if problems:
+                raise InputError("; ".join(problems))
+            st["cuts"] = cuts + new
+            return view, cut, btext, msg + f" · added as **{name}**; {len(st['cuts'])} in this session", st
+
+        cut_btn.click(on_cut, [cut_file, cut_cat, cut_box, cut_method], [cut_view, cut_img, cut_box, cut_msg],
+                      api_name="cut_out")
+        add_btn.click(on_add, [cut_file, cut_cat, cut_box, cut_method, state],
+                      [cut_view, cut_img, cut_box, cut_msg, state], api_name="add_cutout")
+        cut_file.upload(lambda f: "", cut_file, cut_box, api_name=False)  # a new photo: propose a new box
     return demo
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     engine = load_engine()
-    demo = build_demo(engine)
+    demo = build_demo(engine, load_localizer())
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                 server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),

@@ -191,6 +191,19 @@ def to_tensor(img: Image.Image | np.ndarray, cfg: PreprocessCfg = DEFAULT_CFG) -
     return (t - cfg.mean) / cfg.std
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def photo_input(img: Image.Image | np.ndarray, size: int) -> torch.Tensor:
+    """A whole photo for the localizer (:mod:`fos.localize`): RGB, squashed to ``size`` squared,
+    normalized with ImageNet's mean and std (what its ImageNet backbone was trained on); (3, S, S)."""
+    img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
+    arr = np.asarray(resize_square(img.convert("RGB"), size), dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return (t - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
 def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), RESAMPLE)
 

@@ -35,7 +35,8 @@ def app_url(tmp_path_factory):
     # the shipped weights, with the exported graphs and library built into a scratch copy
     w = work / "weights"
     w.mkdir()
-    for f in ("student.safetensors", "student.json", "teacher.safetensors", "teacher.json"):
+    for f in ("student.safetensors", "student.json", "teacher.safetensors", "teacher.json", "localizer.safetensors",
+              "localizer.json"):
         shutil.copy(os.path.join(ROOT, "weights", f), w / f)
     env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", FOS_WEIGHTS=str(w),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -135,6 +136,34 @@ def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
     assert any(r[7] == "your upload" for r in table["data"])
 
 
+COW_PHOTO = os.path.join(ROOT, "..", "shared", "data", "msrc-fos", "photos", "1_18_s.jpg")
+
+
+def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
+    if not os.path.isfile(COW_PHOTO):
+        pytest.skip("msrc-fos photos not found beside the repository")
+    c = Client(app_url, verbose=False)
+    view, cut, box_text, msg = c.predict(handle_file(COW_PHOTO), "cow", "", "grabcut", api_name="/cut_out")
+    x1, y1, x2, y2 = (int(v) for v in box_text.split(","))
+    size = Image.open(COW_PHOTO).size
+    assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
+    assert Image.open(view).size == size
+    cutout = Image.open(cut)
+    assert cutout.size == (x2 - x1, y2 - y1) and cutout.mode == "RGBA"
+    assert "cow" in msg and "proposed" in msg
+    # the person adjusts the box, and the cutout follows it; then it joins the session's library
+    adj = f"{x1 + 2},{y1 + 2},{x2 - 2},{y2 - 2}"
+    _, cut2, box2, msg2 = c.predict(handle_file(COW_PHOTO), "cow", adj, "grabcut", api_name="/add_cutout")
+    assert box2 == adj and Image.open(cut2).size == (x2 - x1 - 4, y2 - y1 - 4)
+    assert "typed" in msg2 and "added as" in msg2
+    _, table, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, api_name="/search")
+    assert any(r[1] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
+    with pytest.raises(Exception, match="inside the 320x213 image"):
+        c.predict(handle_file(COW_PHOTO), "cow", "0,0,999,50", "grabcut", api_name="/cut_out")
+    with pytest.raises(Exception, match="no photo"):
+        c.predict(None, "cow", "", "grabcut", api_name="/cut_out")
+
+
 def test_eight_clients_at_once(app_url):
     ref = [r[1] for r in search(Client(app_url, verbose=False))[1]["data"]]
 
@@ -178,6 +207,18 @@ def test_browser_draws_box_and_searches(app_url, tmp_path):
         drawn = [int(v) for v in info.split("box:")[1].split("(")[1].split(")")[0].split(",")]
         assert drawn != [80, 44, 253, 176], "the drawn box did not reach the search"
         assert drawn[0] < 40 and drawn[1] < 40 and drawn[2] < 100, drawn
+        # cut an object out of a photo: upload, choose the category, propose, add
+        if os.path.isfile(COW_PHOTO):
+            page.get_by_text("Cut out from a photo").first.click()
+            page.locator("#cut_upload input[type=file]").set_input_files(COW_PHOTO)
+            page.locator("#cut_category input").fill("cow")
+            page.keyboard.press("Enter")
+            page.locator("#cut_propose").click()
+            page.locator("#cut_view img").first.wait_for(timeout=60_000)
+            page.locator("#cut_img img").first.wait_for(timeout=60_000)
+            page.wait_for_function("document.querySelector('#cut_box textarea, #cut_box input').value.split(',').length == 4")
+            page.locator("#cut_add").click()
+            page.wait_for_function("document.querySelector('#cut_msg').innerText.includes('added as')", timeout=60_000)
         os.makedirs(os.path.dirname(shot), exist_ok=True)
         page.screenshot(path=shot, full_page=True)
         browser.close()

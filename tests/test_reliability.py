@@ -142,11 +142,12 @@ def test_thread_count_default_and_override(monkeypatch):
 # --------------------------------------------------------------------------- layers
 LAYERS = [  # a module may import only from its own layer or the ones above it in this list
     {"fos.config", "fos.threads", "fos.registry", "fos.checkpoint", "fos.weights", "fos.preprocess",
-     "fos.models", "fos.data", "fos.examples"},
+     "fos.models", "fos.data", "fos.examples", "fos.localize.data", "fos.localize.model", "fos.localize.metrics",
+     "fos.localize.masks", "fos.localize.infer"},
     {"fos.runtime"},
     {"fos.scoring"},
     {"fos.library", "fos.export"},
-    {"fos.search", "fos.evaluate", "fos.train", "fos.cost", "fos.cli"},
+    {"fos.search", "fos.evaluate", "fos.train", "fos.cost", "fos.cli", "fos.localize"},
     {"fos.bootstrap", "fos.bench"},
 ]
 

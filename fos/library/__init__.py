@@ -56,6 +56,7 @@ class SourceItem:
     category: str
     path: str
     mask: str | None = None
+    provenance: dict | None = None  # where a grown cutout came from (photo, box, mask method, score)
 
 
 # --------------------------------------------------------------------------- sources
@@ -134,7 +135,7 @@ def _table_items(src: str) -> list[SourceItem]:
         if mask and not os.path.isabs(mask):
             mask = os.path.join(base, mask)
         items.append(SourceItem(r.get("id") or f"{r['category']}/{os.path.splitext(os.path.basename(path))[0]}",
-                                r["category"], path, mask))
+                                r["category"], path, mask, r.get("provenance")))
     return items
 
 
@@ -258,6 +259,8 @@ def encode_items(backend, items: list[SourceItem], lib_root: str, progress: bool
             entry = {"id": it.id, "category": it.category, "file": rel,
                      "source": os.path.abspath(it.path), "width": img.width, "height": img.height, "sha256": sha,
                      "mask_file": _store_file(lib_root, it.mask)[0] if it.mask else None}
+            if it.provenance:
+                entry["provenance"] = it.provenance
             kept.append(entry)
             images.append(img)
         except (InputError, OSError) as e:
@@ -293,7 +296,8 @@ def write_library(backend, src: str, out: str, mode: str = "build", batch_size: 
         raise LibraryError("the backend does not identify its student weights (no sha256); cannot build a library")
     if mode == "build" and os.path.exists(meta_path):
         raise LibraryError(f"{out} already holds a library; use `add` to extend it, or choose a new --out")
-    if mode == "build" and os.path.isdir(out) and not os.path.isdir(os.path.join(out, ".pending")) and os.listdir(out):
+    if mode == "build" and os.path.isdir(out) and not os.path.isdir(os.path.join(out, ".pending")) \
+            and [f for f in os.listdir(out) if not f.startswith(".pending")]:
         raise LibraryError(f"{out} exists and is not empty; choose a new --out (nothing there is overwritten)")
     if mode == "add":
         lib = Library(out)

@@ -17,8 +17,15 @@ log = logging.getLogger("fos.library")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.library", description=DOC,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["build", "add", "info"])
-    p.add_argument("--src", help="folder of category folders, CSV/JSON table, or FOSD dataset root")
+    p.add_argument("command", choices=["build", "add", "info", "grow"])
+    p.add_argument("--src", help="build/add: folder of category folders, CSV/JSON table, or FOSD dataset root")
+    p.add_argument("--photos", help="grow: folder of photos (with --category) or CSV path,category")
+    p.add_argument("--category", help="grow: what the photos show (one of the localizer's classes)")
+    p.add_argument("--localizer", default="weights/localizer.safetensors", help="grow: localizer weights")
+    p.add_argument("--mask-method", choices=["cam", "grabcut", "u2netp"], default=None,
+                   help="grow: box-to-mask method (default: the localizer's)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="grow: skip photos whose score is under this (default: the localizer's)")
     p.add_argument("--out", "--library", dest="out", required=True, help="library folder")
     p.add_argument("--weights", default="weights", help="folder with student.safetensors")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
@@ -33,6 +40,8 @@ def run(a) -> int:
         cats = {c: int((lib.categories == c).sum()) for c in lib.category_names()}
         print(json.dumps({"items": len(lib), "weights": lib.meta.get("weights"), "categories": cats}, indent=2))
         return 0
+    if a.command == "grow":
+        return run_grow(a)
     if not a.src:
         raise LibraryError("--src is required for build and add")
     backend = get_backend(a.backend, a.weights)
@@ -42,6 +51,24 @@ def run(a) -> int:
     if res["failed"]:
         print(f"skipped {len(res['failed'])} unreadable or empty images:")
         for path, reason in res["failed"]:
+            print(f"  {path}: {reason}")
+    return 0
+
+
+def run_grow(a) -> int:
+    from fos.library.grow import grow
+    from fos.localize.infer import Localizer
+
+    if not a.photos:
+        raise LibraryError("--photos is required for grow (a folder with --category, or a CSV path,category)")
+    localizer = Localizer(a.localizer)
+    backend = get_backend(a.backend, a.weights)
+    res = grow(backend, a.photos, a.category, a.out, localizer, a.mask_method, a.min_score)
+    print(f"grow: {res['cut']} cutouts, {res['added']} new in {os.path.abspath(a.out)} (now {res['count']} items); "
+          f"report in {os.path.join(os.path.abspath(a.out), 'grow-report.json')}")
+    if res["skipped"]:
+        print(f"skipped {len(res['skipped'])} photos:")
+        for path, reason in res["skipped"]:
             print(f"  {path}: {reason}")
     return 0
 
