@@ -327,3 +327,28 @@ def test_library_grow_adds_cutouts_with_provenance(data_root, tiny_weights, tmp_
     assert main(argv[:6] + [str(tmp_path / "none")] + argv[7:-1] + ["0.999"]) == 2
     assert not os.path.exists(tmp_path / "none")
     _ = photos
+
+
+def test_bad_weights_and_folders_are_clear_errors(tmp_path, capsys):
+    from fos.localize.__main__ import main
+    from fos.localize.infer import load_localizer, save_localizer
+
+    model = WsolNet(WsolCfg(classes=["cow", "dog"], pretrained=False, input_size=64))
+    w = str(tmp_path / "loc.safetensors")
+    save_localizer(model, w)
+    assert load_localizer(w).cfg.classes == ["cow", "dog"]
+    info = json.load(open(tmp_path / "loc.json"))
+    info["wsol_cfg"]["classes"] = ["cow", "dog", "cat"]  # the config no longer fits the weights
+    json.dump(info, open(tmp_path / "loc.json", "w"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(photos / "a.jpg")
+    assert main(["--images", str(photos), "--category", "cow", "--json", str(tmp_path / "o.json"), "--weights", w]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit its config" in err and "Traceback" not in err
+    (tmp_path / "loc.json").unlink()
+    assert main(["--images", str(photos), "--category", "cow", "--json", str(tmp_path / "o.json"), "--weights", w]) == 2
+    assert "has no config" in capsys.readouterr().err
+    assert main(["--images", str(tmp_path / "nope"), "--category", "cow", "--json", str(tmp_path / "o.json")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o.json")  # nothing written on failure

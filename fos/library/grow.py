@@ -67,7 +67,7 @@ def grow(backend, photos: str, category: str | None, out: str, localizer: Locali
     for c in sorted({c for _, c in pairs}):
         localizer.check_category(c)
     min_score = localizer.cfg.score_threshold if min_score is None else min_score
-    method = mask_method or localizer.cfg.mask_method
+    method = mask_method or localizer.mask_method
     stage = os.path.join(out, STAGE)
     state_path = os.path.join(stage, "state.json")
     key = {"photos": os.path.abspath(photos), "category": category, "method": method, "min_score": min_score,

@@ -35,9 +35,9 @@ def list_images(folder: str) -> list[str]:
 
 
 def run(a) -> int:
+    files = list_images(a.images)
     loc = Localizer(a.weights)
     loc.check_category(a.category)
-    files = list_images(a.images)
     out, problems = {}, []
     for f in tqdm(files, desc=f"localize {a.category}", unit="photo"):
         path = os.path.join(a.images, f)

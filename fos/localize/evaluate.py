@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 
 from fos import cli
 from fos.localize.data import Photo, load_photo_roots, mean_relative_size
@@ -118,6 +119,41 @@ def mask_table(loc: Localizer, photos: list[Photo], methods: list[str], per_samp
             for m, d in out.items()}
 
 
+def figure(locs: list[Localizer], names: list[str], photos: list[Photo], path: str, n: int = 6) -> None:
+    """One row per photo: the photo with its true boxes, then each localizer's CAM (box at its train
+    threshold), then the cutout of the last one with its default mask method."""
+    from PIL import ImageDraw
+
+    from fos.checkpoint import atomic_write
+    from fos.localize.infer import draw_localization
+
+    cell, row = 200, 140
+    chosen = [ph for ph in photos if len(ph.labels) == 1][:: max(1, len([p for p in photos if len(p.labels) == 1]) // n)][:n]
+    cols = 2 + len(locs)
+    sheet = Image.new("RGB", (cols * cell, len(chosen) * row + 20), (255, 255, 255))
+    d = ImageDraw.Draw(sheet)
+    for j, title in enumerate(["photo, true box", *names, f"cutout ({locs[-1].mask_method})"]):
+        d.text((j * cell + 4, 4), title, fill=(0, 0, 0))
+    for i, ph in enumerate(chosen):
+        img = load_image(ph.path, "RGB", what="photo")
+        c = ph.labels[0]
+        tiles = [draw_localization(img, ph.boxes[c][0])]
+        for loc in locs:
+            res = loc.localize(img, c)
+            heat = np.asarray(img, np.float32) * 0.45 + np.stack([res.cam * 255, res.cam * 80, 0 * res.cam], -1) * 0.55
+            tiles.append(draw_localization(Image.fromarray(heat.clip(0, 255).astype(np.uint8)), res.box))
+        tiles.append(locs[-1].cut(img, c).rgba())
+        for j, t in enumerate(tiles):
+            t = t.copy()
+            t.thumbnail((cell - 6, row - 6))
+            bgc = Image.new("RGB", t.size, (255, 255, 255))
+            bgc.paste(t, mask=t.split()[3] if t.mode == "RGBA" else None)
+            sheet.paste(bgc, (j * cell + 3, 20 + i * row + 3))
+        d.text((6, 20 + i * row + row - 20), c, fill=(255, 255, 255))
+    atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+    print(f"wrote {os.path.abspath(path)}")
+
+
 def fmt(v) -> str:
     return "—" if v is None else f"{v:.3f}"
 
@@ -165,6 +201,8 @@ def run(a) -> int:
         best = max(methods, key=lambda m: masks["train"][m]["localized box"] or 0)
         print(f"\nbest on the train split (localized box): {best}")
         masks["best_on_train"] = best
+    if a.figure and locs:
+        figure(locs, [r["name"] for r in rows[1:]], test, a.figure)
     out = {"data": a.data, "split": a.split, "photos": len(test), "baseline_rel_size": rel, "rows": rows, "masks": masks,
            "seconds": round(time.time() - t0, 1), "command": "python -m fos.localize.evaluate " + " ".join(a.argv)}
     if a.json:
@@ -182,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="photos to score (train: for choosing among variants without looking at test)")
     p.add_argument("--json", default=None, help="write every number here")
+    p.add_argument("--figure", default=None, help="also draw photos, CAMs, boxes and cutouts into this PNG")
     cli.add_threads(p)
     return p
 

@@ -7,6 +7,7 @@ one is ``weights/localizer.safetensors``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -17,12 +18,13 @@ from PIL import Image
 from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, clean_keys, file_sha256,
                             read_state_dict, sidecar, state_dict_cpu)
 from fos.config import WsolCfg, to_dict
-from fos.localize.masks import METHODS, box_to_mask, cutout
+from fos.localize.masks import METHODS, box_to_mask, cutout, u2netp_path
 from fos.localize.metrics import cam_box
 from fos.localize.model import WsolNet, normalize_cams, upsample_cam
 from fos.preprocess import InputError, load_image, photo_input
 
 DEFAULT_WEIGHTS = os.path.join("weights", "localizer.safetensors")
+log = logging.getLogger("fos.localize")
 
 
 def save_localizer(model: WsolNet, path: str, **meta) -> None:
@@ -83,6 +85,13 @@ class Localizer:
         self.model = load_localizer(model) if isinstance(model, str) else model.eval()
         self.cfg: WsolCfg = self.model.cfg
         self.classes = list(self.cfg.classes)
+        self.mask_method = self.cfg.mask_method
+        if self.mask_method == "u2netp":
+            try:
+                u2netp_path()
+            except InputError as e:  # e.g. a Space that installs requirements.txt only
+                log.warning("%s; the default mask method falls back to grabcut", e)
+                self.mask_method = "grabcut"
 
     def check_category(self, category: str) -> int:
         if category not in self.classes:
@@ -105,7 +114,7 @@ class Localizer:
 
     def mask(self, photo, loc: Localization, box=None, method: str | None = None) -> np.ndarray:
         """Object mask inside ``box`` (default: the localized one) by ``method`` (default: the config's)."""
-        method = method or self.cfg.mask_method
+        method = method or self.mask_method
         if method not in METHODS:
             raise InputError(f"unknown mask method {method!r}; choose one of {list(METHODS)}")
         arr = np.asarray(load_image(photo, "RGB", what="photo"))
@@ -126,7 +135,7 @@ class Localizer:
             m = np.zeros_like(m)
             m[b[1]:b[3], b[0]:b[2]] = True
         fg, mask_img = cutout(np.asarray(img), b, m)
-        return Cutout(loc, tuple(int(v) for v in b), m, fg, mask_img, method or self.cfg.mask_method)
+        return Cutout(loc, tuple(int(v) for v in b), m, fg, mask_img, method or self.mask_method)
 
 
 @dataclass
