@@ -151,7 +151,7 @@ def load_localizer():
 
     loc = Localizer(LOCALIZER)
     log.info("localizer %s (%s, %d classes, masks by %s)", LOCALIZER, loc.cfg.method, len(loc.classes),
-             loc.cfg.mask_method)
+             loc.mask_method)
     return loc
 
 
@@ -334,7 +334,7 @@ def build_demo(engine: SearchEngine, localizer=None):
                     cut_box = gr.Textbox(label="Box x1,y1,x2,y2 (proposed; edit to adjust, empty to propose again)",
                                          elem_id="cut_box")
                     cut_method = gr.Dropdown(["grabcut", "u2netp", "cam"],
-                                             value=localizer.cfg.mask_method if localizer else None,
+                                             value=localizer.mask_method if localizer else None,
                                              label="Mask inside the box", elem_id="cut_method")
                     with gr.Row():
                         cut_btn = gr.Button("Propose box and cutout", elem_id="cut_propose")

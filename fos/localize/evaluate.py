@@ -201,8 +201,9 @@ def run(a) -> int:
         best = max(methods, key=lambda m: masks["train"][m]["localized box"] or 0)
         print(f"\nbest on the train split (localized box): {best}")
         masks["best_on_train"] = best
-    if a.figure and locs:
-        figure(locs, [r["name"] for r in rows[1:]], test, a.figure)
+    if a.figure and locs:  # the first and the last localizer side by side
+        pick = [0, len(locs) - 1] if len(locs) > 1 else [0]
+        figure([locs[i] for i in pick], [rows[1 + i]["name"] for i in pick], test, a.figure)
     out = {"data": a.data, "split": a.split, "photos": len(test), "baseline_rel_size": rel, "rows": rows, "masks": masks,
            "seconds": round(time.time() - t0, 1), "command": "python -m fos.localize.evaluate " + " ".join(a.argv)}
     if a.json:
