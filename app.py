@@ -171,7 +171,8 @@ def cut_from_photo(localizer, photo, category: str, box_text: str | None, method
     c = localizer.cut(img, category, box=box, method=method or None)
     low = c.loc.score < localizer.cfg.score_threshold
     msg = (f"**{category}** score {c.loc.score:.2f}" + (" (low: the photo may not show one)" if low else "")
-           + f" · box {list(c.box)} ({'typed' if box else 'proposed'}) · mask by {c.method}")
+           + f" · box {list(c.box)} ({'typed' if box else 'proposed'}) · mask by {c.method}"
+           + (" (it found nothing in the box: the cutout is the whole box)" if c.whole_box else ""))
     return draw_localization(img, c.box, c.mask), c.rgba(), ",".join(str(v) for v in c.box), msg
 
 

@@ -105,6 +105,7 @@ def grow(backend, photos: str, category: str | None, out: str, localizer: Locali
                     "status": "cut", "id": f"grown/{cat}/{stem}", "category": cat, "path": fg_path, "mask": mask_path,
                     "provenance": {"photo": os.path.abspath(path), "box": list(loc.box), "mask_method": method,
                                    "score": round(loc.score, 4), "mask_pixels": int(np.count_nonzero(mask)),
+                                   "whole_box": c.whole_box,
                                    "localizer": localizer.cfg.method}}
         atomic_write_json(state_path, state)
     cut = [v for v in state["done"].values() if v["status"] == "cut"]

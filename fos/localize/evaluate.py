@@ -128,7 +128,8 @@ def figure(locs: list[Localizer], names: list[str], photos: list[Photo], path: s
     from fos.localize.infer import draw_localization
 
     cell, row = 200, 140
-    chosen = [ph for ph in photos if len(ph.labels) == 1][:: max(1, len([p for p in photos if len(p.labels) == 1]) // n)][:n]
+    single = [ph for ph in photos if len(ph.labels) == 1]
+    chosen = single[:: max(1, len(single) // n)][:n]
     cols = 2 + len(locs)
     sheet = Image.new("RGB", (cols * cell, len(chosen) * row + 20), (255, 255, 255))
     d = ImageDraw.Draw(sheet)
@@ -204,7 +205,8 @@ def run(a) -> int:
     if a.figure and locs:  # the first and the last localizer side by side
         pick = [0, len(locs) - 1] if len(locs) > 1 else [0]
         figure([locs[i] for i in pick], [rows[1 + i]["name"] for i in pick], test, a.figure)
-    out = {"data": a.data, "split": a.split, "photos": len(test), "baseline_rel_size": rel, "rows": rows, "masks": masks,
+    out = {"data": a.data, "split": a.split, "photos": len(test), "baseline_rel_size": rel, "rows": rows,
+           "masks": masks,
            "seconds": round(time.time() - t0, 1), "command": "python -m fos.localize.evaluate " + " ".join(a.argv)}
     if a.json:
         cli.write_json(a.json, out)

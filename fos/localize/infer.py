@@ -131,11 +131,12 @@ class Localizer:
             box = validate_box(box, img.width, img.height)
         b = box or loc.box
         m = self.mask(img, loc, b, method)
-        if not m.any():  # nothing found inside the box: keep the whole box rather than an empty cutout
+        whole_box = not m.any()
+        if whole_box:  # nothing found inside the box: keep the whole box rather than an empty cutout, and say so
             m = np.zeros_like(m)
             m[b[1]:b[3], b[0]:b[2]] = True
         fg, mask_img = cutout(np.asarray(img), b, m)
-        return Cutout(loc, tuple(int(v) for v in b), m, fg, mask_img, method or self.mask_method)
+        return Cutout(loc, tuple(int(v) for v in b), m, fg, mask_img, method or self.mask_method, whole_box)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Cutout:
     image: Image.Image  # RGB: the box's pixels, white outside the mask (a FOSD cutout)
     mask_image: Image.Image  # L: the mask inside the box, 0/255
     method: str
+    whole_box: bool = False  # the mask method found nothing in the box, so the cutout is the whole box
 
     def rgba(self) -> Image.Image:
         out = self.image.convert("RGBA")
