@@ -152,16 +152,19 @@ def load_state_dict_checked(model, sd: dict[str, torch.Tensor], source: str = "w
     model.load_state_dict(sd, strict=True)
 
 
-def read_config(path: str) -> dict[str, Any]:
+def read_config(path: str, key: str = "model_cfg", cfg_cls=ModelCfg,
+                missing_hint: str = "pass the model name explicitly",
+                what: str = "a valid fos checkpoint config") -> dict[str, Any]:
+    """The JSON config beside ``path``, with ``info[key]`` validated as a ``cfg_cls``."""
     side = sidecar(path)
     if not os.path.isfile(side):
-        raise WeightsError(f"{path} has no config {side} next to it; pass the model name explicitly")
+        raise WeightsError(f"{path} has no config {side} next to it; {missing_hint}")
     try:
         with open(side, encoding="utf-8") as f:
             info = json.load(f)
-        ModelCfg.from_dict(info["model_cfg"])
+        cfg_cls.from_dict(info[key])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{side} is not a valid fos checkpoint config ({e})") from e
+        raise WeightsError(f"{side} is not {what} ({type(e).__name__}: {e})") from e
     return info
 
 

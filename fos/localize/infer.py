@@ -6,7 +6,6 @@ one is ``weights/localizer.safetensors``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 
 from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, clean_keys, file_sha256,
-                            read_state_dict, sidecar, state_dict_cpu)
+                            read_config, read_state_dict, sidecar, state_dict_cpu)
 from fos.config import WsolCfg, to_dict
 from fos.localize.masks import METHODS, box_to_mask, cutout, u2netp_path
 from fos.localize.metrics import cam_box
@@ -35,16 +34,8 @@ def save_localizer(model: WsolNet, path: str, **meta) -> None:
 
 
 def read_localizer_config(path: str) -> dict:
-    side = sidecar(path)
-    if not os.path.isfile(side):
-        raise WeightsError(f"{path} has no config {side} next to it (written by python -m fos.localize.train)")
-    try:
-        with open(side, encoding="utf-8") as f:
-            info = json.load(f)
-        WsolCfg.from_dict(info["wsol_cfg"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{side} is not a localizer config ({type(e).__name__}: {e})") from e
-    return info
+    return read_config(path, "wsol_cfg", WsolCfg, "it is written by python -m fos.localize.train",
+                       "a localizer config")
 
 
 def load_localizer(path: str = DEFAULT_WEIGHTS) -> WsolNet:
