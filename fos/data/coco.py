@@ -98,6 +98,7 @@ def convert(images: str, annotations: str, out: str, split: str | None = None, t
             by_photo.setdefault(int(a["image_id"]), []).append(a)
         except (KeyError, TypeError, ValueError):
             skipped["malformed annotation"] += 1
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # a fresh clone has no runs/ yet
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(os.path.abspath(out)) + "-",
                            dir=os.path.dirname(os.path.abspath(out)) or ".")
     try:
