@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Export the teacher and the student (background encoder, foreground encoder, head) to ONNX.
+"""Export the teacher, the student (background encoder, foreground encoder, head) and, when
+``<weights>/inpaint.safetensors`` exists, the SPL inpainting generator (``inpaint.onnx``) to ONNX.
 
     python export/to_onnx.py [--weights weights/] [--out weights/onnx] [--fp16] [--data DATASET_ROOT]
 
@@ -47,6 +48,15 @@ def run(a) -> int:
         for k, v in p["max_abs_diff"].items():
             print(f"  {k:24s} {v:.2e}")
     print(json.dumps({k: v["file"] for k, v in m["graphs"].items()}, indent=1))
+    inpaint = os.path.join(a.weights, "inpaint.safetensors")
+    if os.path.isfile(inpaint):
+        from fos.export.inpaint import export_inpainter
+
+        path = os.path.join(out, "inpaint.onnx")
+        meta = export_inpainter(inpaint, path, a.data, not a.no_check)
+        par = meta.get("parity")
+        print(f"wrote the inpainting graph {path}" + (f" (parity {par['max_abs_diff']:.2e} on {par['crops']} real "
+                                                      f"crops, tolerance {par['tolerance']})" if par else ""))
     return 0
 
 

@@ -69,3 +69,22 @@ def prepare(weights: str = "weights", library: str | None = None, backend: str =
     if res["failed"]:
         log.warning("default library: skipped %s", res["failed"])
     return Library(lib_dir), b
+
+
+def prepare_inpainter(weights: str = "weights", method: str = "spl", backend: str = "auto"):
+    """The inpainter for "erase what is in the box first": ``spl`` from ``<weights>/inpaint.safetensors``
+    (its ONNX graph exported once into ``<weights>/onnx`` when the backend allows), or OpenCV's ``telea``
+    / ``ns``. Falls back to ``telea`` with a warning when the SPL weights are missing."""
+    from fos.inpaint.infer import Inpainter, onnx_problem as inpaint_onnx_problem
+
+    path = os.path.join(weights, "inpaint.safetensors")
+    if method == "spl" and not os.path.isfile(path):
+        log.warning("no inpainting weights at %s: erasing with OpenCV's telea (python -m fos.inpaint.train)", path)
+        method = "telea"
+    if method == "spl" and backend in ("auto", "onnxruntime") and inpaint_onnx_problem(path):
+        if have("onnx") and have("onnxruntime"):
+            from fos.export.inpaint import export_inpainter
+
+            log.info("exporting the inpainting graph (%s); once per set of weights", inpaint_onnx_problem(path))
+            export_inpainter(path)
+    return Inpainter(method, path, backend=backend)

@@ -251,9 +251,9 @@ class InpaintTrainCfg(Cfg):
     out: str = "runs/inpaint-spl"
     variant: str = "spade"
     prior: bool = True  # False: the ablation without semantic supervision (the learner trains only through L1)
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 8
-    lr: float = 2e-4  # Adam
+    lr: float = 3e-4  # Adam, decayed to 0 (cosine)
     w_hole: float = 6.0  # L1 weight of hole pixels (valid pixels weigh 1)
     w_prior: float = 1.0  # weight of the semantic prior (distillation) loss
     box_fraction: float = 0.5  # share of box holes; the rest are object-shaped (other photos' instance masks)

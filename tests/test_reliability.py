@@ -143,11 +143,12 @@ def test_thread_count_default_and_override(monkeypatch):
 LAYERS = [  # a module may import only from its own layer or the ones above it in this list
     {"fos.config", "fos.threads", "fos.registry", "fos.checkpoint", "fos.weights", "fos.preprocess",
      "fos.models", "fos.data", "fos.examples", "fos.localize.data", "fos.localize.model", "fos.localize.metrics",
-     "fos.localize.masks", "fos.localize.infer"},
+     "fos.localize.masks", "fos.localize.infer", "fos.inpaint.model", "fos.inpaint.masks", "fos.inpaint.metrics",
+     "fos.inpaint.infer"},
     {"fos.runtime"},
     {"fos.scoring"},
     {"fos.library", "fos.export"},
-    {"fos.search", "fos.evaluate", "fos.train", "fos.cost", "fos.cli", "fos.localize"},
+    {"fos.search", "fos.evaluate", "fos.train", "fos.cost", "fos.cli", "fos.localize", "fos.inpaint"},
     {"fos.bootstrap", "fos.bench"},
 ]
 

@@ -1,0 +1,178 @@
+"""Erase what is in a box (or any hole) as a user meets it: photo + hole -> filled photo.
+
+Every method works on the same crop around the hole (:func:`fos.inpaint.masks.crop_window`) and
+pastes its result back into the hole only, so any photo size works and pixels outside the hole are
+never changed:
+
+- ``spl``: the SPL generator (weights: safetensors + JSON ``InpaintCfg`` sidecar, written by
+  ``python -m fos.inpaint.train``; shipped: ``weights/inpaint.safetensors``). The crop is resized to
+  ``cfg.size`` squared, filled, and resized back. Runs in torch or, when its exported graph
+  ``<weights dir>/onnx/inpaint.onnx`` is current, in ONNX Runtime (``backend="auto"``).
+- ``telea``, ``ns``: OpenCV's ``cv2.inpaint`` (Telea's fast marching; Navier-Stokes), at full resolution.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, clean_keys, file_sha256,
+                            read_config, read_state_dict, sidecar, state_dict_cpu)
+from fos.config import InpaintCfg, to_dict
+from fos.inpaint.masks import crop_window, hole_bbox
+from fos.inpaint.model import SPLNet
+from fos.preprocess import RESAMPLE, InputError, load_image, validate_box
+
+DEFAULT_WEIGHTS = os.path.join("weights", "inpaint.safetensors")
+METHODS = ("spl", "telea", "ns")
+MAX_HOLE_FRACTION = 0.85  # a hole larger than this share of the photo leaves too little to fill from
+CV2_RADIUS = 5  # cv2.inpaint's neighbourhood radius (pixels)
+log = logging.getLogger("fos.inpaint")
+
+
+def save_inpainter(model: SPLNet, path: str, **meta) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save(state_dict_cpu(model)))
+    atomic_write_json(sidecar(path), {"model_name": "inpaint", "inpaint_cfg": to_dict(model.cfg), **meta})
+
+
+def load_inpainter(path: str = DEFAULT_WEIGHTS) -> SPLNet:
+    if not os.path.isfile(path):
+        raise WeightsError(f"inpainting weights {path} not found; train them with `python -m fos.inpaint.train`, "
+                           "pass --weights, or use --method telea|ns")
+    info = read_config(path, "inpaint_cfg", InpaintCfg, "it is written by python -m fos.inpaint.train",
+                       "an inpainting config")
+    model = SPLNet(InpaintCfg.from_dict(info["inpaint_cfg"]))
+    sd = clean_keys(read_state_dict(path))
+    want = model.state_dict()
+    if set(want) != set(sd) or any(want[k].shape != sd[k].shape for k in want):
+        missing, extra = sorted(set(want) - set(sd))[:3], sorted(set(sd) - set(want))[:3]
+        shapes = [k for k in set(want) & set(sd) if want[k].shape != sd[k].shape][:3]
+        raise WeightsError(f"{path} does not fit its config {sidecar(path)} (missing {missing}, unexpected {extra}, "
+                           f"shape mismatch {shapes}); retrain or restore the pair")
+    model.load_state_dict(sd, strict=True)
+    model.weights_sha256 = file_sha256(path)
+    model.checkpoint_info = info
+    return model.eval()
+
+
+def onnx_path(weights: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(weights)), "onnx", "inpaint.onnx")
+
+
+def onnx_problem(weights: str) -> str | None:
+    """None when ``onnx_path(weights)`` exists and was exported from these weights, else why not."""
+    path = onnx_path(weights)
+    if not os.path.isfile(path) or not os.path.isfile(sidecar(path)):
+        return f"no exported graph at {path}"
+    try:
+        with open(sidecar(path), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"{sidecar(path)} is unreadable ({e})"
+    if meta.get("source_sha256") != file_sha256(weights):
+        return f"{path} was exported from other weights"
+    return None
+
+
+def network_inputs(crop: np.ndarray, hole: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB crop (h, w, 3 uint8) and its hole (h, w bool) -> the generator's inputs at ``size``:
+    image (1, 3, S, S) in [-1, 1] and mask (1, 1, S, S) in {0, 1}. The mask is resized so that every
+    output pixel that touches the hole is in it (the hole only grows)."""
+    img = np.asarray(Image.fromarray(crop).resize((size, size), RESAMPLE), dtype=np.float32) / 127.5 - 1
+    m = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) > 0
+    return img.transpose(2, 0, 1)[None].copy(), m[None, None].astype(np.float32)
+
+
+class Inpainter:
+    """``Inpainter(method).fill(photo, hole)`` and ``.erase_box(photo, box)``.
+
+    ``backend`` (``spl`` only): ``torch``, ``onnxruntime`` or ``auto`` (ONNX Runtime when the exported
+    graph is current and onnxruntime is installed, else torch).
+    """
+
+    def __init__(self, method: str = "spl", weights: str = DEFAULT_WEIGHTS, backend: str = "auto",
+                 model: SPLNet | None = None):
+        if method not in METHODS:
+            raise InputError(f"unknown inpainting method {method!r}; choose one of {', '.join(METHODS)}")
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise InputError(f"unknown backend {backend!r}; choose auto, torch or onnxruntime")
+        self.method, self.weights = method, weights
+        self.cfg = InpaintCfg()
+        self.model, self.session, self.backend = None, None, "opencv"
+        if method != "spl":
+            return
+        self.model = model if model is not None else load_inpainter(weights)
+        self.cfg = self.model.cfg
+        self.backend = "torch"
+        if model is None and backend in ("auto", "onnxruntime"):
+            problem = onnx_problem(weights)
+            import importlib.util
+
+            if problem is None and importlib.util.find_spec("onnxruntime") is not None:
+                import onnxruntime as ort
+
+                from fos.threads import current_threads
+
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = current_threads()
+                self.session = ort.InferenceSession(onnx_path(weights), so, providers=["CPUExecutionProvider"])
+                self.backend = "onnxruntime"
+            elif backend == "onnxruntime":
+                why = problem or "onnxruntime is not installed"
+                raise InputError(f"the onnxruntime backend needs an exported graph ({why}); run "
+                                 "`python export/to_onnx.py` or use --backend torch")
+        log.info("inpainting with %s (%s)", method, self.backend)
+
+    @property
+    def description(self) -> str:
+        return f"{self.method} ({self.backend})"
+
+    def run_network(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The generator on a batch: image (B, 3, S, S), mask (B, 1, S, S) -> filled (B, 3, S, S), float32."""
+        if self.session is not None:
+            return self.session.run(["filled"], {"image": image, "mask": mask})[0]
+        with torch.no_grad():
+            return self.model(torch.from_numpy(image), torch.from_numpy(mask))[0].numpy()
+
+    def fill(self, photo, hole: np.ndarray) -> Image.Image:
+        """``photo`` (path, PIL or array; grayscale and RGBA are converted to RGB) with the pixels where
+        ``hole`` (bool, photo-sized) is True filled; the other pixels are returned unchanged."""
+        img = load_image(photo, "RGB", what="photo")
+        arr = np.asarray(img)
+        hole = np.asarray(hole, bool)
+        if hole.shape != arr.shape[:2]:
+            raise InputError(f"the hole is {hole.shape[1]}x{hole.shape[0]}, the photo {arr.shape[1]}x{arr.shape[0]}")
+        if not hole.any():
+            return img.copy()
+        frac = float(hole.mean())
+        if frac > MAX_HOLE_FRACTION:
+            raise InputError(f"the area to erase covers {frac:.0%} of the photo; inpainting fills it from the pixels "
+                             f"around it, so keep it under {MAX_HOLE_FRACTION:.0%} (draw a smaller box)")
+        x1, y1, x2, y2 = crop_window(hole_bbox(hole), arr.shape[1], arr.shape[0], self.cfg.context, self.cfg.min_crop)
+        crop, chole = arr[y1:y2, x1:x2], hole[y1:y2, x1:x2]
+        if self.method == "spl":
+            filled = self.run_network(*network_inputs(crop, chole, self.cfg.size))[0]
+            filled = np.clip((filled.transpose(1, 2, 0) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+            filled = np.asarray(Image.fromarray(filled).resize((x2 - x1, y2 - y1), RESAMPLE))
+        else:
+            import cv2
+
+            flag = cv2.INPAINT_TELEA if self.method == "telea" else cv2.INPAINT_NS
+            filled = cv2.inpaint(np.ascontiguousarray(crop), chole.astype(np.uint8) * 255, CV2_RADIUS, flag)
+        out = arr.copy()
+        out[y1:y2, x1:x2][chole] = filled[chole]
+        return Image.fromarray(out)
+
+    def erase_box(self, photo, box) -> Image.Image:
+        """Fill the pixel box ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of ``photo``."""
+        img = load_image(photo, "RGB", what="photo")
+        x1, y1, x2, y2 = validate_box(box, *img.size)
+        hole = np.zeros((img.size[1], img.size[0]), bool)
+        hole[y1:y2, x1:x2] = True
+        return self.fill(img, hole)

@@ -1,0 +1,184 @@
+"""``python -m fos.inpaint.train [--data ROOT ...] [--variant spade|concat] [--no-prior]``: train the SPL
+inpainting generator on the train-split photos of FOSD roots that have ``photos/`` (msrc-fos, and the
+output of ``python -m fos.data from-coco``). Test photos are never read.
+
+Each step draws ``--batch-size`` random square crops (0.4-1.0 of the photo's shorter side, mirrored at
+random) at ``cfg.size``, and one hole per crop: a box (``--box-fraction`` of them) or the instance mask
+of *another* training photo. Adam with a cosine learning-rate decay. Loss: L1 on the generator's raw
+output (hole pixels weigh ``--w-hole``,
+the rest 1) + ``--w-prior`` * L1 between the semantic learner's priors and the frozen ImageNet
+MobileNetV2's features of the complete crop (``--no-prior``: that term is off, the paper's ablation).
+The batches depend only on ``--seed`` and the step, so a resumed run sees the batches it would have
+seen. A checkpoint is written to ``--out`` every ``--checkpoint-every`` steps; rerunning resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from fos import cli
+from fos.checkpoint import atomic_torch_save
+from fos.config import InpaintCfg, InpaintTrainCfg, to_dict
+from fos.data import DatasetError
+from fos.inpaint.infer import DEFAULT_WEIGHTS, save_inpainter
+from fos.inpaint.masks import box_hole, load_shapes, object_hole
+from fos.inpaint.model import PriorNet, SPLNet
+from fos.localize.data import load_photo_roots
+from fos.preprocess import RESAMPLE, load_image
+
+log = logging.getLogger("fos.inpaint.train")
+
+
+class HoleBatches:
+    """Training batches from photos held in memory; ``batch(step)`` is a pure function of (seed, step)."""
+
+    def __init__(self, photo_paths: list[str], shapes_per_photo: list[list[np.ndarray]], size: int,
+                 box_fraction: float, seed: int):
+        self.photos = [np.asarray(load_image(p, "RGB", what="photo")) for p in photo_paths]
+        self.shapes = [(i, s) for i, ss in enumerate(shapes_per_photo) for s in ss]
+        if not self.photos:
+            raise DatasetError("no training photos")
+        self.size, self.box_fraction, self.seed = size, box_fraction, seed
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        i = int(rng.integers(len(self.photos)))
+        a = self.photos[i]
+        h, w = a.shape[:2]
+        side = max(8, int(round(rng.uniform(0.4, 1.0) * min(h, w))))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = np.asarray(Image.fromarray(a[y:y + side, x:x + side]).resize((self.size, self.size), RESAMPLE))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        others = [s for j, s in self.shapes if j != i] if self.shapes else []
+        if not others or rng.random() < self.box_fraction:
+            hole = box_hole(self.size, self.size, rng)
+        else:
+            hole = object_hole(self.size, self.size, others[int(rng.integers(len(others)))], rng)
+        return crop, hole
+
+    def batch(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        crops, holes = zip(*(self.sample(rng) for _ in range(n)))
+        img = torch.from_numpy(np.stack(crops).astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
+        mask = torch.from_numpy(np.stack(holes).astype(np.float32))[:, None]
+        return img, mask
+
+
+def losses(model: SPLNet, prior_net: PriorNet | None, img: torch.Tensor, mask: torch.Tensor,
+           cfg: InpaintTrainCfg) -> dict[str, torch.Tensor]:
+    _, raw, priors = model(img, mask)
+    w = 1 + (cfg.w_hole - 1) * mask
+    out = {"l1": (w * (raw - img).abs()).sum() / (w.sum() * 3),
+           "l1_hole": ((raw - img).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)}
+    total = out["l1"]
+    if prior_net is not None:
+        out["prior"] = (priors - prior_net(img)).abs().mean()
+        total = total + cfg.w_prior * out["prior"]
+    out["total"] = total
+    return out
+
+
+def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "", pretrained: bool = True) -> str:
+    torch.manual_seed(cfg.seed)
+    photos = load_photo_roots(cfg.data, "train")
+    if cfg.limit:
+        photos = photos[: cfg.limit]
+    if not photos:
+        raise DatasetError(f"no training photos in {cfg.data}")
+    shapes = [load_shapes([p for ps in ph.masks.values() for p in ps]) for ph in tqdm(photos, desc="object shapes",
+                                                                                      unit="photo", leave=False)]
+    data = HoleBatches([ph.path for ph in photos], shapes, cfg.size, cfg.box_fraction, cfg.seed)
+    log.info("%d training photos from %s, %d object shapes for holes", len(photos), cfg.data, len(data.shapes))
+    model = SPLNet(InpaintCfg(size=cfg.size, variant=cfg.variant))
+    prior_net = PriorNet(model.cfg, pretrained=pretrained) if cfg.prior else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = os.path.join(cfg.out, "last.pt")
+    step, history, elapsed = 0, [], 0.0
+    if os.path.exists(ckpt) and not restart:
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if st.get("cfg") != to_dict(cfg):
+            raise DatasetError(f"{ckpt} was written by another configuration; pass --restart to start over "
+                               "or choose another --out")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, history, elapsed = st["step"], st["history"], st["elapsed"]
+        log.info("resuming %s at step %d", ckpt, step)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train inpaint ({cfg.variant}{'' if cfg.prior else ', no prior'})",
+               unit="step", dynamic_ncols=True)
+    sums: dict[str, float] = {}
+    n, t0 = 0, time.time()
+    model.train()
+    while step < cfg.steps:
+        img, mask = data.batch(step, cfg.batch_size)
+        for g in opt.param_groups:  # cosine decay, a function of the step (so a resumed run continues it)
+            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        ls = losses(model, prior_net, img, mask, cfg)
+        opt.zero_grad()
+        ls["total"].backward()
+        opt.step()
+        step += 1
+        n += 1
+        for k, v in ls.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.update(1)
+        bar.set_postfix({k: f"{v / n:.4f}" for k, v in sums.items() if k != "total"})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            history.append({"step": step, **{k: round(v / n, 5) for k, v in sums.items()}})
+            sums, n = {}, 0
+            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+                               "elapsed": elapsed + time.time() - t0, "cfg": to_dict(cfg)}, ckpt)
+    bar.close()
+    elapsed += time.time() - t0
+    model.eval()
+    save_inpainter(model, save, train_cfg=to_dict(cfg), history=history, train_photos=len(photos),
+                   train_seconds=round(elapsed, 1), command=command)
+    log.info("wrote %s and %s (%.1f min of training)", save, os.path.splitext(save)[0] + ".json", elapsed / 60)
+    return save
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fos.inpaint.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f, v in asdict(InpaintTrainCfg()).items():
+        if f in ("out", "threads", "data", "variant", "prior"):
+            continue
+        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    p.add_argument("--variant", choices=["spade", "concat"], default="spade",
+                   help="spade: priors modulate the decoder (SPL); concat: the paper's ablation")
+    p.add_argument("--no-prior", action="store_true", help="no semantic supervision (the paper's ablation)")
+    p.add_argument("--data", action="append", default=None,
+                   help=f"FOSD root with photos/; repeat for several (default {InpaintTrainCfg().data[0]})")
+    p.add_argument("--out", default=None, help="run folder for the checkpoint (default runs/inpaint-<variant>)")
+    p.add_argument("--save", default=None, help=f"final weights (default {DEFAULT_WEIGHTS})")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    cli.add_threads(p)
+    return p
+
+
+def main(argv=None) -> int:
+    names = [f for f in asdict(InpaintTrainCfg()) if f not in ("out", "data", "variant", "prior")]
+
+    def run(a) -> int:
+        tag = a.variant + ("-noprior" if a.no_prior else "")
+        cfg = InpaintTrainCfg(out=a.out or f"runs/inpaint-{tag}", data=a.data or InpaintTrainCfg().data,
+                              variant=a.variant, prior=not a.no_prior, **{f: getattr(a, f) for f in names})
+        fit(cfg, a.save or DEFAULT_WEIGHTS, a.restart,
+            command="python -m fos.inpaint.train " + " ".join(argv if argv is not None else sys.argv[1:]))
+        return 0
+
+    return cli.run(run, build_parser(), argv, interrupted=lambda a: "interrupted; rerun the same command to resume")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

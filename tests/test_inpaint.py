@@ -1,0 +1,270 @@
+"""SPL inpainting: holes, crop-and-paste geometry, metrics, training on real photos, ONNX parity, CLI."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fos.config import InpaintCfg, InpaintTrainCfg
+from fos.inpaint.infer import Inpainter, load_inpainter, network_inputs, save_inpainter
+from fos.inpaint.masks import box_hole, crop_window, hole_bbox, object_hole
+from fos.inpaint.metrics import l1_in_hole, psnr_in_hole, ssim_in_hole
+from fos.inpaint.model import SPLNet
+from fos.preprocess import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(size=64, widths=(8, 16, 16), blocks=2, spade_hidden=8)
+PHOTO = os.path.join(ROOT, "assets", "backgrounds", "1_14_s.jpg")  # 320 x 213
+
+
+def tiny(variant="spade", seed=0) -> SPLNet:
+    torch.manual_seed(seed)
+    return SPLNet(InpaintCfg(variant=variant, **TINY)).eval()
+
+
+# --------------------------------------------------------------------------- holes and windows
+def test_box_holes_stay_inside_with_their_size():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        m = box_hole(100, 200, rng, 0.2, 0.5)
+        x1, y1, x2, y2 = hole_bbox(m)
+        assert m.sum() == (x2 - x1) * (y2 - y1)  # a filled box
+        assert 20 <= y2 - y1 <= 50 and 40 <= x2 - x1 <= 100
+
+
+def test_object_holes_have_the_shape_and_are_reproducible():
+    disc = np.hypot(*np.mgrid[-20:21, -20:21]) <= 20  # a disc, 41 px across
+    a = object_hole(120, 160, disc, np.random.default_rng(3), 0.5, 0.5, dilate_px=0)
+    b = object_hole(120, 160, disc, np.random.default_rng(3), 0.5, 0.5, dilate_px=0)
+    assert (a == b).all()
+    x1, y1, x2, y2 = hole_bbox(a)
+    assert x2 - x1 == y2 - y1 == 60  # longer side = 0.5 x the shorter image side
+    assert abs(a.sum() / (60 * 60) - np.pi / 4) < 0.03  # a disc fills pi/4 of its box, not a box
+    grown = object_hole(120, 160, disc, np.random.default_rng(3), 0.5, 0.5, dilate_px=2)
+    assert grown[a].all() and grown.sum() > a.sum()
+
+
+def test_crop_window_by_hand():
+    assert crop_window((100, 100, 140, 120), 400, 300) == (80, 70, 160, 150)  # 2 x 40, centred
+    assert crop_window((0, 0, 10, 10), 400, 300) == (0, 0, 64, 64)  # at least 64, shifted inside
+    assert crop_window((390, 290, 400, 300), 400, 300) == (336, 236, 400, 300)
+    assert crop_window((10, 10, 200, 150), 300, 160) == (0, 0, 300, 160)  # clipped to the photo
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        w, h = int(rng.integers(40, 500)), int(rng.integers(40, 500))
+        x1, y1 = int(rng.integers(0, w - 2)), int(rng.integers(0, h - 2))
+        b = (x1, y1, int(rng.integers(x1 + 1, w + 1)), int(rng.integers(y1 + 1, h + 1)))
+        wx1, wy1, wx2, wy2 = crop_window(b, w, h)
+        assert 0 <= wx1 <= b[0] and b[2] <= wx2 <= w and 0 <= wy1 <= b[1] and b[3] <= wy2 <= h
+
+
+# --------------------------------------------------------------------------- crop and paste back
+class Ramp(torch.nn.Module):
+    """A stand-in generator whose output encodes position: R = x, G = y over the crop, in [-1, 1]."""
+
+    cfg = InpaintCfg(size=64)
+
+    def forward(self, image, mask):
+        s = image.shape[-1]
+        r = (torch.arange(s, dtype=torch.float32) + 0.5) / s * 2 - 1
+        out = torch.stack([r.view(1, s).expand(s, s), r.view(s, 1).expand(s, s), torch.zeros(s, s)])[None]
+        out = out.expand(image.shape[0], -1, -1, -1)
+        return image * (1 - mask) + out * mask, out, None
+
+
+def test_fill_pastes_the_crop_back_where_it_came_from():
+    photo = np.asarray(Image.open(PHOTO).convert("RGB"))
+    hole = np.zeros(photo.shape[:2], bool)
+    hole[60:100, 150:230] = True  # 80 x 40 -> window 160 x 160 at (110, 0)
+    out = np.asarray(Inpainter("spl", model=Ramp()).fill(photo, hole)).astype(int)
+    assert (out[~hole] == photo[~hole]).all()  # nothing outside the hole changes
+    wx1, wy1, wx2, wy2 = crop_window(hole_bbox(hole), photo.shape[1], photo.shape[0])
+    assert (wx1, wy1, wx2, wy2) == (110, 0, 270, 160)
+    ys, xs = np.nonzero(hole)
+    want_r = (xs - wx1 + 0.5) / (wx2 - wx1) * 255
+    want_g = (ys - wy1 + 0.5) / (wy2 - wy1) * 255
+    assert np.abs(out[ys, xs, 0] - want_r).max() <= 4  # bilinear resampling of a ramp: a few levels
+    assert np.abs(out[ys, xs, 1] - want_g).max() <= 4
+
+
+@pytest.mark.parametrize("method", ["spl", "telea", "ns"])
+def test_every_method_fills_only_the_box_of_any_photo(method):
+    inp = Inpainter(method, model=tiny() if method == "spl" else None)
+    big = Image.fromarray((np.random.default_rng(0).random((1500, 2200, 3)) * 255).astype(np.uint8))
+    photo = Image.open(PHOTO)
+    for img, box in ((photo, (40, 50, 120, 110)), (big, (1000, 700, 1400, 1000)), (photo.convert("L"), (0, 0, 50, 40)),
+                     (photo.convert("RGBA"), (270, 160, 320, 213))):
+        out = np.asarray(inp.erase_box(img, box))
+        ref = np.asarray(img.convert("RGB"))
+        x1, y1, x2, y2 = box
+        assert out.shape == ref.shape
+        keep = np.ones(ref.shape[:2], bool)
+        keep[y1:y2, x1:x2] = False
+        assert (out[keep] == ref[keep]).all()
+        assert (out[~keep] != ref[~keep]).any()
+
+
+def test_bad_boxes_get_clear_messages():
+    inp = Inpainter("telea")
+    with pytest.raises(InputError, match="inside the 320x213 image"):
+        inp.erase_box(PHOTO, (300, 10, 400, 50))
+    with pytest.raises(InputError, match="covers 9[0-9]% of the photo"):
+        inp.erase_box(PHOTO, (0, 0, 320, 200))
+    with pytest.raises(InputError, match="no box"):
+        inp.erase_box(PHOTO, None)
+    with pytest.raises(InputError, match="unknown inpainting method"):
+        Inpainter("magic")
+
+
+def test_network_inputs_grow_the_hole_and_scale_to_minus_one_one():
+    crop = np.full((100, 100, 3), 255, np.uint8)
+    hole = np.zeros((100, 100), bool)
+    hole[33:34, 50:51] = True  # one pixel
+    img, mask = network_inputs(crop, hole, 64)
+    assert img.shape == (1, 3, 64, 64) and np.allclose(img, 1)
+    assert mask.shape == (1, 1, 64, 64) and mask.sum() >= 1  # a one-pixel hole survives downscaling
+
+
+# --------------------------------------------------------------------------- metrics by hand
+def test_metrics_by_hand():
+    true = np.full((20, 20, 3), 100, np.uint8)
+    pred = true.copy()
+    hole = np.zeros((20, 20), bool)
+    hole[5:10, 5:10] = True
+    pred[hole] += 10
+    pred[0, 0] = 0  # outside the hole: ignored
+    assert psnr_in_hole(pred, true, hole) == pytest.approx(10 * np.log10(255 ** 2 / 100))
+    assert l1_in_hole(pred, true, hole) == pytest.approx(10 / 255)
+    assert psnr_in_hole(true, true, hole) == 100.0
+    assert ssim_in_hole(true, true, hole) == pytest.approx(1.0)
+    noisy = np.clip(true + np.random.default_rng(0).normal(0, 30, true.shape), 0, 255).astype(np.uint8)
+    assert ssim_in_hole(noisy, true, hole) < 0.5
+    with pytest.raises(ValueError, match="empty"):
+        psnr_in_hole(pred, true, np.zeros((20, 20), bool))
+
+
+# --------------------------------------------------------------------------- weights, training, export
+def test_weights_round_trip_and_mismatch(tmp_path):
+    m = tiny()
+    p = str(tmp_path / "inpaint.safetensors")
+    save_inpainter(m, p)
+    back = load_inpainter(p)
+    x, k = torch.rand(1, 3, 64, 64) * 2 - 1, torch.zeros(1, 1, 64, 64)
+    k[..., 10:30, 20:40] = 1
+    assert torch.allclose(back(x, k)[0], m(x, k)[0])
+    save_inpainter(tiny("concat"), str(tmp_path / "other.safetensors"))
+    os.replace(tmp_path / "other.safetensors", p)  # weights of another variant beside this config
+    from fos.checkpoint import WeightsError
+
+    with pytest.raises(WeightsError, match="does not fit its config"):
+        load_inpainter(p)
+
+
+def test_training_steps_on_real_photos_resume_exactly(data_root, tmp_path, monkeypatch):
+    import fos.inpaint.train as tr
+
+    common = dict(data=[data_root], steps=3, batch_size=2, size=64, limit=6, checkpoint_every=1)
+    a = tr.fit(InpaintTrainCfg(out=str(tmp_path / "a"), **common), str(tmp_path / "a.safetensors"))
+    # the same run, killed right after its step-2 checkpoint, then run again: it resumes there
+    save = tr.atomic_torch_save
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        if obj["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "atomic_torch_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(InpaintTrainCfg(out=str(tmp_path / "b"), **common), str(tmp_path / "b.safetensors"))
+    assert not os.path.exists(tmp_path / "b.safetensors")
+    monkeypatch.setattr(tr, "atomic_torch_save", save)
+    b = tr.fit(InpaintTrainCfg(out=str(tmp_path / "b"), **common), str(tmp_path / "b.safetensors"))
+    ma, mb = load_inpainter(a), load_inpainter(b)
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    hist = ma.checkpoint_info["history"]
+    assert [h["step"] for h in hist] == [1, 2, 3] and all(np.isfinite(h["prior"]) for h in hist)
+    # batches: real crops with holes of both kinds
+    photos = [os.path.join(data_root, "photos", f) for f in sorted(os.listdir(os.path.join(data_root, "photos")))[:3]]
+    disc = np.hypot(*np.mgrid[-9:10, -9:10]) <= 9
+    hb = tr.HoleBatches(photos, [[disc], [disc], []], 64, 0.5, seed=0)
+    img, mask = hb.batch(0, 8)
+    assert img.shape == (8, 3, 64, 64) and mask.shape == (8, 1, 64, 64)
+    assert torch.equal(img, hb.batch(0, 8)[0]) and not torch.equal(img, hb.batch(1, 8)[0])
+    fills = mask.mean((1, 2, 3))
+    assert ((fills > 0.02) & (fills < 0.5)).all()
+    def is_box(m):
+        x1, y1, x2, y2 = hole_bbox(m)
+        return m.sum() == (x2 - x1) * (y2 - y1)
+
+    boxes = [is_box(m > 0) for m in mask[:, 0].numpy()]
+    assert any(boxes) and not all(boxes)  # both kinds of hole
+
+
+def test_prior_loss_teaches_the_semantic_learner(tmp_path):
+    """One step with semantic supervision moves the learner's output conv towards the frozen features."""
+    from fos.inpaint.model import PriorNet
+    from fos.inpaint.train import losses
+
+    m = tiny()
+    prior = PriorNet(m.cfg, pretrained=False)
+    x, k = torch.rand(2, 3, 64, 64) * 2 - 1, torch.zeros(2, 1, 64, 64)
+    k[..., 16:40, 16:40] = 1
+    cfg = InpaintTrainCfg(size=64)
+    with_prior = losses(m, prior, x, k, cfg)
+    with_prior["prior"].backward()
+    assert m.learner.out.weight.grad.abs().sum() > 0
+    assert prior.features[0][0].weight.grad is None  # frozen
+    assert "prior" not in losses(m, None, x, k, cfg)
+
+
+def test_onnx_graph_matches_torch_and_is_served(data_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fos.export.inpaint import export_inpainter
+
+    w = str(tmp_path / "inpaint.safetensors")
+    save_inpainter(tiny(), w)
+    assert Inpainter("spl", w).backend == "torch"  # nothing exported yet
+    meta = export_inpainter(w, data=data_root)
+    assert meta["parity"]["max_abs_diff"] < 1e-3 and meta["parity"]["crops"] == 4
+    ort_inp, torch_inp = Inpainter("spl", w), Inpainter("spl", w, backend="torch")
+    assert ort_inp.backend == "onnxruntime"
+    a = np.asarray(ort_inp.erase_box(PHOTO, (40, 50, 120, 110))).astype(int)
+    b = np.asarray(torch_inp.erase_box(PHOTO, (40, 50, 120, 110))).astype(int)
+    assert np.abs(a - b).max() <= 1
+    save_inpainter(tiny(seed=1), w)  # new weights: the old graph is stale and not served
+    assert Inpainter("spl", w).backend == "torch"
+    with pytest.raises(InputError, match="exported from other weights"):
+        Inpainter("spl", w, backend="onnxruntime")
+
+
+# --------------------------------------------------------------------------- command line and evaluation
+def test_cli_writes_the_photo_and_keeps_it_on_failure(tmp_path, capsys):
+    from fos.inpaint.__main__ import main
+
+    out = tmp_path / "out.png"
+    assert main(["--image", PHOTO, "--box", "40,50,120,110", "--out", str(out), "--method", "telea"]) == 0
+    before = out.read_bytes()
+    assert Image.open(out).size == (320, 213)
+    assert main(["--image", PHOTO, "--box", "40,50,999,110", "--out", str(out), "--method", "ns"]) == 2
+    assert "inside the 320x213 image" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.jpg")
+    assert main(["--image", missing, "--box", "1,1,9,9", "--out", str(out), "--method", "ns"]) == 2
+    assert out.read_bytes() == before
+    assert main(["--image", PHOTO, "--box", "40,50,120,110", "--out", str(out), "--weights",
+                 str(tmp_path / "none.safetensors")]) == 2
+    assert "--method telea" in capsys.readouterr().err
+
+
+def test_evaluation_holes_are_fixed_and_opencv_beats_the_mean_fill(data_root):
+    from fos.inpaint.evaluate import MeanFill, evaluate, test_holes
+
+    a, b = test_holes(data_root, seed=0), test_holes(data_root, seed=0)
+    assert len(a) == len(b) > 100 and all((x["hole"] == y["hole"]).all() for x, y in zip(a, b))
+    assert {c["kind"] for c in a} == {"box", "object"}
+    res = evaluate([data_root], {"telea": Inpainter("telea"), "mean": MeanFill()}, limit=12, progress=False)
+    r = res["results"]
+    assert r["msrc-fos/box/telea"]["n"] == 12
+    for kind in ("box", "object"):
+        assert r[f"msrc-fos/{kind}/telea"]["psnr"] > r[f"msrc-fos/{kind}/mean"]["psnr"]
