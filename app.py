@@ -229,7 +229,7 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
         w, h = img.size
         arr = np.asarray(img)
         box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
-        erase_on = gr.update(value=inpainter is not None)  # an uploaded photo has something in the box
+        erase_on = inpainter is not None  # an uploaded photo has something in the box: erase it first
         if HAVE_ANNOTATOR:
             return {"image": arr, "boxes": [{"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3],
                                             "label": "object", "color": (255, 64, 64)}]}, erase_on

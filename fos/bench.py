@@ -5,6 +5,8 @@
   every pair) and the teacher on every pair; plus Recall@1 on msrc-fos as the prefilter K varies.
 * ``python -m fos.bench latency --backend torch,onnxruntime --batch 1,8,64``: p50/p90 ms and items/s
   per graph and backend.
+* ``python -m fos.bench inpaint``: ms to erase one box, per method and backend (SPL in torch and ONNX
+  Runtime, OpenCV Telea and NS), on a real photo at several sizes (the box is a third of each side).
 """
 from __future__ import annotations
 
@@ -202,19 +204,50 @@ def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5) -> l
         return out
 
 
+def bench_inpaint(weights: str, photo: str, sizes: list[int], seconds: float) -> list[dict]:
+    """Per-fill latency of every inpainting method on ``photo`` resized so its longer side is each of ``sizes``."""
+    from PIL import Image
+
+    from fos.bootstrap import prepare_inpainter
+    from fos.inpaint.infer import Inpainter
+    from fos.preprocess import load_image
+
+    path = os.path.join(weights, "inpaint.safetensors")
+    runners = {"spl torch": Inpainter("spl", path, backend="torch")}
+    ort = prepare_inpainter(weights, "spl", "auto")  # exports the graph once when it is missing
+    if ort.backend == "onnxruntime":
+        runners["spl onnxruntime"] = ort
+    runners["telea"], runners["ns"] = Inpainter("telea"), Inpainter("ns")
+    img = load_image(photo, "RGB", what="photo")
+    rows = []
+    for side in sizes:
+        f = side / max(img.size)
+        im = img.resize((max(8, round(img.size[0] * f)), max(8, round(img.size[1] * f))), Image.BILINEAR)
+        w, h = im.size
+        box = (w // 3, h // 3, 2 * w // 3, 2 * h // 3)
+        for name, r in runners.items():
+            t = timeit(lambda: r.erase_box(im, box), 3, seconds, 1)
+            rows.append({"photo": f"{w}x{h}", "box": f"{box[2] - box[0]}x{box[3] - box[1]}", "method": name,
+                         "p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"]})
+            print(f"  {w}x{h} {name}: {t['p50_ms']:.1f} ms", file=sys.stderr)
+    return rows
+
+
 def main(argv=None) -> int:
     from fos import cli
 
     p = argparse.ArgumentParser(prog="python -m fos.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["retrieval", "latency"])
+    p.add_argument("what", choices=["retrieval", "latency", "inpaint"])
     p.add_argument("--weights", default="weights")
     p.add_argument("--backend", default=None, help="retrieval: one backend (default auto); latency: a comma list")
     p.add_argument("--batch", type=cli.int_list, default=[1, 8, 64])
     p.add_argument("--device", default="cpu", help="latency: torch device (cuda adds torch fp32 and fp16 rows)")
     p.add_argument("--library", default=None,
                    help="retrieval: a built library for real feature maps (default: the app's default library)")
-    p.add_argument("--sizes", type=cli.int_list, default=[1000, 10000, 100000])
+    p.add_argument("--sizes", type=cli.int_list, default=None,
+                   help="retrieval: library sizes (default 1000,10000,100000); inpaint: photo sides (default 320,1024,2048)")
+    p.add_argument("--photo", default=os.path.join("assets", "backgrounds", "1_14_s.jpg"), help="inpaint: the photo")
     p.add_argument("--k", type=cli.nonneg_int, default=200)
     p.add_argument("--rerank", type=cli.nonneg_int, default=0)
     p.add_argument("--data", default="../shared/data/msrc-fos", help="retrieval: dataset for the Recall@1-vs-K table")
@@ -223,7 +256,12 @@ def main(argv=None) -> int:
     cli.add_threads(p)
 
     def run(a) -> int:
-        if a.what == "latency":
+        if a.what == "inpaint":
+            rows = bench_inpaint(a.weights, a.photo, a.sizes or [320, 1024, 2048], a.seconds)
+            res = {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows}
+            print(f"machine: {res['machine']}; {res['threads']} threads")
+            print(table(rows, ["photo", "box", "method", "p50_ms", "p90_ms"]))
+        elif a.what == "latency":
             rows = bench_latency((a.backend or "torch,onnxruntime").split(","), a.batch, a.weights, a.seconds, a.device)
             res = {"machine": machine(), "rows": rows}
             print(f"machine: {res['machine']}")
@@ -232,7 +270,7 @@ def main(argv=None) -> int:
             from fos.bootstrap import prepare
 
             real, b = prepare(a.weights, a.library, a.backend or "auto")
-            res = bench_retrieval(b, real, a.sizes, a.k, a.rerank, a.data, a.seconds)
+            res = bench_retrieval(b, real, a.sizes or [1000, 10000, 100000], a.k, a.rerank, a.data, a.seconds)
             print(f"machine: {res['machine']}; backend: {res['backend']}")
             print(table(res["rows"], ["items", "K", "end_to_end_ms", "qps", "background_encode_ms", "prefilter_ms",
                                       "head_ms", "rerank_ms", "teacher_every_pair_ms", "speedup_vs_teacher",

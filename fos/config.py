@@ -227,6 +227,7 @@ class InpaintCfg(Cfg):
     blocks: int = 8  # decoder ResBlocks at stride 8
     spade_hidden: int = 32  # hidden channels of each SPADE's shared conv
     prior_layers: tuple[int, ...] = (6, 13)  # MobileNetV2 stages whose output is the prior (32 ch @ s8, 96 ch @ s16)
+    init: str = "gray"  # the hole as the generator sees it: "gray" (SPL) or "telea" (pre-filled; output = correction)
     context: float = 2.0  # the crop around a hole is this many times the hole's longer side
     min_crop: int = 64  # ... and at least this many pixels a side (clamped to the photo)
 
@@ -235,6 +236,8 @@ class InpaintCfg(Cfg):
         self.prior_layers = tuple(int(i) for i in self.prior_layers)
         if self.variant not in ("spade", "concat"):
             raise ValueError(f"variant must be 'spade' or 'concat', got {self.variant!r}")
+        if self.init not in ("gray", "telea"):
+            raise ValueError(f"init must be 'gray' or 'telea', got {self.init!r}")
         if self.size % 8 or self.size < 32:
             raise ValueError(f"size must be a multiple of 8 and at least 32, got {self.size}")
         if len(self.widths) != 3:
@@ -250,14 +253,17 @@ class InpaintTrainCfg(Cfg):
     data: list[str] = field(default_factory=lambda: ["../shared/data/msrc-fos"])  # FOSD roots with photos/
     out: str = "runs/inpaint-spl"
     variant: str = "spade"
+    init: str = "gray"  # "telea": the hole is pre-filled by OpenCV's Telea and the generator learns a correction
     prior: bool = True  # False: the ablation without semantic supervision (the learner trains only through L1)
-    steps: int = 1500
-    batch_size: int = 8
-    lr: float = 3e-4  # Adam, decayed to 0 (cosine)
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 5e-4  # Adam, decayed to 0 (cosine)
     w_hole: float = 6.0  # L1 weight of hole pixels (valid pixels weigh 1)
     w_prior: float = 1.0  # weight of the semantic prior (distillation) loss
     box_fraction: float = 0.5  # share of box holes; the rest are object-shaped (other photos' instance masks)
-    size: int = 128
+    # working resolution: 64 px trains 4.7x more crops per second than 128 px; at 128 px and 1,500 steps
+    # (12k crops) SPL stayed below OpenCV's Telea inside the hole (README, "Erase what is in the box")
+    size: int = 64
     seed: int = 0
     threads: int = 0
     limit: int = 0  # use only the first N photos (0 = all); for smoke tests

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -36,7 +37,7 @@ def app_url(tmp_path_factory):
     w = work / "weights"
     w.mkdir()
     for f in ("student.safetensors", "student.json", "teacher.safetensors", "teacher.json", "localizer.safetensors",
-              "localizer.json"):
+              "localizer.json", "inpaint.safetensors", "inpaint.json"):
         shutil.copy(os.path.join(ROOT, "weights", f), w / f)
     env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", FOS_WEIGHTS=str(w),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -62,9 +63,9 @@ def app_url(tmp_path_factory):
     assert "Traceback" not in text, text[-3000:]
 
 
-def search(client, box=BOX, typed="", category="cow", k=5, teacher=False):
-    ann = {"image": handle_file(BG), "boxes": [box] if box else []}
-    return client.predict(ann, typed, category, k, teacher, 3, api_name="/search")
+def search(client, box=BOX, typed="", category="cow", k=5, teacher=False, erase=False, image=BG):
+    ann = {"image": handle_file(image), "boxes": [box] if box else []}
+    return client.predict(ann, typed, category, k, teacher, 3, erase, api_name="/search")
 
 
 def test_search_end_to_end(app_url):
@@ -131,7 +132,7 @@ def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
     job = c.submit([handle_file(str(p))], api_name="/upload_foregrounds")
     assert "1 foreground(s) encoded" in job.result()
     # gradio_client keeps the session, so the next call sees the uploaded cutout
-    gallery, table, _, _ = c.predict(ann, "", "cow", 20, False, 3, api_name="/search")
+    gallery, table, _, _ = c.predict(ann, "", "cow", 20, False, 3, False, api_name="/search")
     assert "mine.png" in [r[1] for r in table["data"]]
     assert any(r[7] == "your upload" for r in table["data"])
 
@@ -156,12 +157,35 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
     _, cut2, box2, msg2 = c.predict(handle_file(COW_PHOTO), "cow", adj, "grabcut", api_name="/add_cutout")
     assert box2 == adj and Image.open(cut2).size == (x2 - x1 - 4, y2 - y1 - 4)
     assert "typed" in msg2 and "added as" in msg2
-    _, table, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, api_name="/search")
+    _, table, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, False,
+                               api_name="/search")
     assert any(r[1] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
     with pytest.raises(Exception, match="inside the 320x213 image"):
         c.predict(handle_file(COW_PHOTO), "cow", "0,0,999,50", "grabcut", api_name="/cut_out")
     with pytest.raises(Exception, match="no photo"):
         c.predict(None, "cow", "", "grabcut", api_name="/cut_out")
+
+
+def test_erase_what_is_in_the_box_first(app_url):
+    """An uploaded photo turns erasing on; the search then ranks on, and composites onto, the erased photo."""
+    if not os.path.isfile(COW_PHOTO):
+        pytest.skip("msrc-fos photos not found beside the repository")
+    c = Client(app_url, verbose=False)
+    _, erase_on = c.predict(handle_file(COW_PHOTO), api_name="/upload_background")
+    assert erase_on is True
+    box = {**BOX, "xmin": 40, "ymin": 40, "xmax": 200, "ymax": 180}  # the cow of 1_18_s
+    _, table_keep, info_keep, big_keep = search(c, box=box, image=COW_PHOTO, erase=False)
+    _, table_erased, info, big = search(c, box=box, image=COW_PHOTO, erase=True)
+    assert "box erased with** spl (onnxruntime)" in info and "erase" in info.split("\n")[-1]
+    assert "box erased" not in info_keep
+    a = np.asarray(Image.open(big_keep).convert("RGB")).astype(int)
+    b = np.asarray(Image.open(big).convert("RGB")).astype(int)
+    inside = np.zeros(a.shape[:2], bool)
+    inside[40:180, 40:200] = True
+    assert np.abs(a - b)[inside].mean() > 5  # the box's content changed ...
+    assert np.abs(a - b)[~inside].mean() < 2  # ... the rest of the photo did not (JPEG noise aside)
+    with pytest.raises(Exception, match="covers 9[0-9]% of the photo"):
+        search(c, box={**BOX, "xmin": 0, "ymin": 0, "xmax": 320, "ymax": 210}, image=COW_PHOTO, erase=True)
 
 
 def test_eight_clients_at_once(app_url):

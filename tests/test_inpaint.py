@@ -18,9 +18,9 @@ TINY = dict(size=64, widths=(8, 16, 16), blocks=2, spade_hidden=8)
 PHOTO = os.path.join(ROOT, "assets", "backgrounds", "1_14_s.jpg")  # 320 x 213
 
 
-def tiny(variant="spade", seed=0) -> SPLNet:
+def tiny(variant="spade", seed=0, init="gray") -> SPLNet:
     torch.manual_seed(seed)
-    return SPLNet(InpaintCfg(variant=variant, **TINY)).eval()
+    return SPLNet(InpaintCfg(variant=variant, init=init, **TINY)).eval()
 
 
 # --------------------------------------------------------------------------- holes and windows
@@ -88,9 +88,10 @@ def test_fill_pastes_the_crop_back_where_it_came_from():
     assert np.abs(out[ys, xs, 1] - want_g).max() <= 4
 
 
-@pytest.mark.parametrize("method", ["spl", "telea", "ns"])
+@pytest.mark.parametrize("method", ["spl", "spl-telea-init", "telea", "ns"])
 def test_every_method_fills_only_the_box_of_any_photo(method):
-    inp = Inpainter(method, model=tiny() if method == "spl" else None)
+    model = {"spl": tiny(), "spl-telea-init": tiny(init="telea")}.get(method)
+    inp = Inpainter(method[:3] if model is not None else method, model=model)
     big = Image.fromarray((np.random.default_rng(0).random((1500, 2200, 3)) * 255).astype(np.uint8))
     photo = Image.open(PHOTO)
     for img, box in ((photo, (40, 50, 120, 110)), (big, (1000, 700, 1400, 1000)), (photo.convert("L"), (0, 0, 50, 40)),
@@ -200,6 +201,21 @@ def test_training_steps_on_real_photos_resume_exactly(data_root, tmp_path, monke
 
     boxes = [is_box(m > 0) for m in mask[:, 0].numpy()]
     assert any(boxes) and not all(boxes)  # both kinds of hole
+
+
+def test_telea_init_corrects_the_telea_fill():
+    """init=telea: the network sees the Telea-filled crop, and a zero correction returns Telea's fill exactly."""
+    m = tiny(init="telea")
+    torch.nn.init.zeros_(m.decoder[-2].weight)
+    torch.nn.init.zeros_(m.decoder[-2].bias)  # tanh(0) = 0: no correction
+    hole = np.zeros((213, 320), bool)
+    hole[50:110, 40:120] = True
+    a = np.asarray(Inpainter("spl", model=m).fill(PHOTO, hole)).astype(int)
+    b = np.asarray(Inpainter("telea").fill(PHOTO, hole)).astype(int)
+    assert np.abs(a - b).max() <= 1
+    x, k = torch.rand(1, 3, 64, 64) * 2 - 1, torch.zeros(1, 1, 64, 64)
+    k[..., 10:30, 10:30] = 1
+    assert torch.equal(m(x, k)[0], x)  # the (pre-filled) input comes back unchanged
 
 
 def test_prior_loss_teaches_the_semantic_learner(tmp_path):

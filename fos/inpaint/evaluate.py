@@ -32,12 +32,12 @@ from fos.preprocess import load_image
 log = logging.getLogger("fos.inpaint.evaluate")
 KINDS = ("box", "object")
 ABLATIONS = {"spl": DEFAULT_WEIGHTS, "spl-noprior": "runs/inpaint/spl-noprior.safetensors",
-             "spl-concat": "runs/inpaint/spl-concat.safetensors"}
+             "spl-concat": "runs/inpaint/spl-concat.safetensors", "spl-telea-init": "runs/inpaint/spl-telea.safetensors"}
 
 
-def test_holes(root: str, seed: int = 0) -> list[dict]:
-    """The evaluation cases of a root: per test photo, one box and one object-shaped hole."""
-    photos = load_photos(root, "test")
+def test_holes(root: str, seed: int = 0, split: str = "test") -> list[dict]:
+    """The evaluation cases of a root: per photo of ``split``, one box and one object-shaped hole."""
+    photos = load_photos(root, split)
     shapes = [load_shapes([p for ps in ph.masks.values() for p in ps]) for ph in photos]
     cases = []
     for i, ph in enumerate(photos):
@@ -75,14 +75,14 @@ def methods(weights: dict[str, str], backend: str = "torch") -> dict[str, object
 
 
 def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str | None = None,
-             figure_rows: int = 4, progress: bool = True, limit: int = 0) -> dict:
+             figure_rows: int = 4, progress: bool = True, limit: int = 0, split: str = "test") -> dict:
     """Every method on every case of every root (the first ``limit`` of each kind per root when > 0)."""
     rows: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
     timing: dict[str, float] = {m: 0.0 for m in ms}
     examples = []
     for root in roots:
         name = os.path.basename(os.path.normpath(root))
-        cases = test_holes(root, seed)
+        cases = test_holes(root, seed, split)
         if limit:
             cases = [c for k in KINDS for c in [c for c in cases if c["kind"] == k][:limit]]
         if not cases:
@@ -105,7 +105,7 @@ def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str
                               "ssim": float(np.mean([r[1] for r in v])), "l1": float(np.mean([r[2] for r in v]))}
              for (d, k, m), v in rows.items()}
     n_fills = max(len(v) for v in rows.values()) if rows else 0
-    result = {"seed": seed, "roots": roots, "methods": {m: getattr(i, "description", m) for m, i in ms.items()},
+    result = {"seed": seed, "split": split, "roots": roots, "methods": {m: getattr(i, "description", m) for m, i in ms.items()},
               "results": table, "ms_per_fill": {m: 1e3 * t / max(1, sum(len(v) for (d, _, mm), v in rows.items()
                                                                         if d != "all" and mm == m))
                                                  for m, t in timing.items()}, "cases": n_fills}
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ablations in runs/inpaint/ that exist)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "auto"], default="torch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="whose photos get the holes (train: for choosing a model without looking at test)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N holes of each kind per root (0: all)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--figure", default=None, help="write the figure (PNG) here")
     cli.add_threads(p)
@@ -169,7 +172,8 @@ def main(argv=None) -> int:
             weights = dict(w.split("=", 1) for w in a.weights)
         else:
             weights = {k: v for k, v in ABLATIONS.items() if os.path.isfile(v)}
-        res = evaluate(a.data or ["../shared/data/msrc-fos"], methods(weights, a.backend), a.seed, a.figure)
+        res = evaluate(a.data or ["../shared/data/msrc-fos"], methods(weights, a.backend), a.seed, a.figure,
+                       limit=a.limit, split=a.split)
         print(format_table(res))
         print("ms per fill: " + ", ".join(f"{m} {t:.1f}" for m, t in res["ms_per_fill"].items()))
         if a.json:

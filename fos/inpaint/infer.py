@@ -6,8 +6,10 @@ never changed:
 
 - ``spl``: the SPL generator (weights: safetensors + JSON ``InpaintCfg`` sidecar, written by
   ``python -m fos.inpaint.train``; shipped: ``weights/inpaint.safetensors``). The crop is resized to
-  ``cfg.size`` squared, filled, and resized back. Runs in torch or, when its exported graph
-  ``<weights dir>/onnx/inpaint.onnx`` is current, in ONNX Runtime (``backend="auto"``).
+  ``cfg.size`` squared, filled, and resized back. With ``cfg.init == "telea"`` the crop's hole is first
+  filled by Telea at full resolution; the network sees that fill at ``cfg.size`` and its correction
+  (output minus input) is upsampled and added to the full-resolution fill. Runs in torch or, when its
+  exported graph ``<weights dir>/onnx/inpaint.onnx`` is current, in ONNX Runtime (``backend="auto"``).
 - ``telea``, ``ns``: OpenCV's ``cv2.inpaint`` (Telea's fast marching; Navier-Stokes), at full resolution.
 """
 from __future__ import annotations
@@ -89,6 +91,14 @@ def network_inputs(crop: np.ndarray, hole: np.ndarray, size: int) -> tuple[np.nd
     return img.transpose(2, 0, 1)[None].copy(), m[None, None].astype(np.float32)
 
 
+def cv2_fill(crop: np.ndarray, hole: np.ndarray, method: str = "telea", radius: int = CV2_RADIUS) -> np.ndarray:
+    """OpenCV's inpainting (``telea`` or ``ns``) of an RGB uint8 array's ``hole`` (bool)."""
+    import cv2
+
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    return cv2.inpaint(np.ascontiguousarray(crop), hole.astype(np.uint8) * 255, radius, flag)
+
+
 class Inpainter:
     """``Inpainter(method).fill(photo, hole)`` and ``.erase_box(photo, box)``.
 
@@ -156,15 +166,20 @@ class Inpainter:
                              f"around it, so keep it under {MAX_HOLE_FRACTION:.0%} (draw a smaller box)")
         x1, y1, x2, y2 = crop_window(hole_bbox(hole), arr.shape[1], arr.shape[0], self.cfg.context, self.cfg.min_crop)
         crop, chole = arr[y1:y2, x1:x2], hole[y1:y2, x1:x2]
-        if self.method == "spl":
+        if self.method == "spl" and self.cfg.init == "telea":
+            # Telea at full resolution; the network's correction is computed at cfg.size and upsampled
+            base = cv2_fill(crop, chole, "telea")
+            img, mask = network_inputs(base, chole, self.cfg.size)
+            delta = (self.run_network(img, mask)[0] - img[0]).transpose(1, 2, 0) * 127.5
+            delta = np.stack([np.asarray(Image.fromarray(delta[..., c].astype(np.float32), mode="F")
+                                         .resize((x2 - x1, y2 - y1), RESAMPLE)) for c in range(3)], -1)
+            filled = np.clip(base.astype(np.float32) + delta + 0.5, 0, 255).astype(np.uint8)
+        elif self.method == "spl":
             filled = self.run_network(*network_inputs(crop, chole, self.cfg.size))[0]
             filled = np.clip((filled.transpose(1, 2, 0) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
             filled = np.asarray(Image.fromarray(filled).resize((x2 - x1, y2 - y1), RESAMPLE))
         else:
-            import cv2
-
-            flag = cv2.INPAINT_TELEA if self.method == "telea" else cv2.INPAINT_NS
-            filled = cv2.inpaint(np.ascontiguousarray(crop), chole.astype(np.uint8) * 255, CV2_RADIUS, flag)
+            filled = cv2_fill(crop, chole, self.method)
         out = arr.copy()
         out[y1:y2, x1:x2][chole] = filled[chole]
         return Image.fromarray(out)

@@ -8,6 +8,10 @@ down-samplings) extracts texture. The decoder runs ``blocks`` ResBlocks at strid
 is modulated by the priors (SPADE: ``IN(x) * (1 + gamma(p)) + beta(p)``), or, in the ``concat``
 ablation, takes the priors concatenated once to its input, then up-samples three times to RGB.
 
+With ``cfg.init == "telea"`` (our variant, not the paper's) the hole of ``image`` arrives filled by
+OpenCV's Telea instead of gray and the decoder's output is a correction added to it; at serving time
+that correction is upsampled and added to the full-resolution Telea fill (:mod:`fos.inpaint.infer`).
+
 Shapes: ``image`` (B, 3, S, S) in [-1, 1], ``mask`` (B, 1, S, S) with 1 in the hole;
 ``SPLNet(image, mask) -> (filled (B, 3, S, S), raw output (B, 3, S, S), priors (B, P, S/8, S/8))``.
 """
@@ -168,7 +172,8 @@ class SPLNet(nn.Module):
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor):
         keep = 1 - mask
-        x = torch.cat([image * keep, mask], 1)
+        # init "telea": the hole arrives pre-filled by OpenCV's Telea and the decoder adds a correction
+        x = torch.cat([image if self.cfg.init == "telea" else image * keep, mask], 1)
         priors = self.learner(x)
         h = self.encoder(x)
         if self.fuse is not None:
@@ -176,4 +181,6 @@ class SPLNet(nn.Module):
         for block in self.blocks:
             h = block(h, priors)
         raw = self.decoder(h)
+        if self.cfg.init == "telea":
+            raw = image + raw
         return image * keep + raw * mask, raw, priors

@@ -43,7 +43,8 @@ class HoleBatches:
     """Training batches from photos held in memory; ``batch(step)`` is a pure function of (seed, step)."""
 
     def __init__(self, photo_paths: list[str], shapes_per_photo: list[list[np.ndarray]], size: int,
-                 box_fraction: float, seed: int):
+                 box_fraction: float, seed: int, init: str = "gray"):
+        self.init = init
         self.photos = [np.asarray(load_image(p, "RGB", what="photo")) for p in photo_paths]
         self.shapes = [(i, s) for i, ss in enumerate(shapes_per_photo) for s in ss]
         if not self.photos:
@@ -73,10 +74,20 @@ class HoleBatches:
         mask = torch.from_numpy(np.stack(holes).astype(np.float32))[:, None]
         return img, mask
 
+    def telea(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The batch with each hole pre-filled by OpenCV's Telea (radius scaled to the crop size)."""
+        from fos.inpaint.infer import cv2_fill
+
+        a = ((img.permute(0, 2, 3, 1).numpy() + 1) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
+        r = max(1, round(5 * self.size / 128))
+        out = np.stack([cv2_fill(x, m[0].numpy() > 0, "telea", r) for x, m in zip(a, mask)])
+        return torch.from_numpy(out.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
+
 
 def losses(model: SPLNet, prior_net: PriorNet | None, img: torch.Tensor, mask: torch.Tensor,
-           cfg: InpaintTrainCfg) -> dict[str, torch.Tensor]:
-    _, raw, priors = model(img, mask)
+           cfg: InpaintTrainCfg, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``start``: the network's input image when it is not ``img`` (the Telea-filled batch)."""
+    _, raw, priors = model(img if start is None else start, mask)
     w = 1 + (cfg.w_hole - 1) * mask
     out = {"l1": (w * (raw - img).abs()).sum() / (w.sum() * 3),
            "l1_hole": ((raw - img).abs() * mask).sum() / (mask.sum() * 3).clamp(min=1)}
@@ -97,9 +108,9 @@ def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "
         raise DatasetError(f"no training photos in {cfg.data}")
     shapes = [load_shapes([p for ps in ph.masks.values() for p in ps]) for ph in tqdm(photos, desc="object shapes",
                                                                                       unit="photo", leave=False)]
-    data = HoleBatches([ph.path for ph in photos], shapes, cfg.size, cfg.box_fraction, cfg.seed)
+    data = HoleBatches([ph.path for ph in photos], shapes, cfg.size, cfg.box_fraction, cfg.seed, cfg.init)
     log.info("%d training photos from %s, %d object shapes for holes", len(photos), cfg.data, len(data.shapes))
-    model = SPLNet(InpaintCfg(size=cfg.size, variant=cfg.variant))
+    model = SPLNet(InpaintCfg(size=cfg.size, variant=cfg.variant, init=cfg.init))
     prior_net = PriorNet(model.cfg, pretrained=pretrained) if cfg.prior else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     os.makedirs(cfg.out, exist_ok=True)
@@ -123,7 +134,7 @@ def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "
         img, mask = data.batch(step, cfg.batch_size)
         for g in opt.param_groups:  # cosine decay, a function of the step (so a resumed run continues it)
             g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        ls = losses(model, prior_net, img, mask, cfg)
+        ls = losses(model, prior_net, img, mask, cfg, data.telea(img, mask) if cfg.init == "telea" else None)
         opt.zero_grad()
         ls["total"].backward()
         opt.step()
@@ -151,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.inpaint.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f, v in asdict(InpaintTrainCfg()).items():
-        if f in ("out", "threads", "data", "variant", "prior"):
+        if f in ("out", "threads", "data", "variant", "prior", "init"):
             continue
         p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--variant", choices=["spade", "concat"], default="spade",
                    help="spade: priors modulate the decoder (SPL); concat: the paper's ablation")
+    p.add_argument("--init", choices=["gray", "telea"], default="gray",
+                   help="gray: the paper's masked input; telea: the hole pre-filled by Telea, the generator corrects it")
     p.add_argument("--no-prior", action="store_true", help="no semantic supervision (the paper's ablation)")
     p.add_argument("--data", action="append", default=None,
                    help=f"FOSD root with photos/; repeat for several (default {InpaintTrainCfg().data[0]})")
@@ -167,12 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    names = [f for f in asdict(InpaintTrainCfg()) if f not in ("out", "data", "variant", "prior")]
+    names = [f for f in asdict(InpaintTrainCfg()) if f not in ("out", "data", "variant", "prior", "init")]
 
     def run(a) -> int:
-        tag = a.variant + ("-noprior" if a.no_prior else "")
+        tag = a.variant + ("-noprior" if a.no_prior else "") + ("-telea" if a.init == "telea" else "")
         cfg = InpaintTrainCfg(out=a.out or f"runs/inpaint-{tag}", data=a.data or InpaintTrainCfg().data,
-                              variant=a.variant, prior=not a.no_prior, **{f: getattr(a, f) for f in names})
+                              variant=a.variant, prior=not a.no_prior, init=a.init,
+                              **{f: getattr(a, f) for f in names})
         fit(cfg, a.save or DEFAULT_WEIGHTS, a.restart,
             command="python -m fos.inpaint.train " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
