@@ -152,6 +152,24 @@ def load_state_dict_checked(model, sd: dict[str, torch.Tensor], source: str = "w
     model.load_state_dict(sd, strict=True)
 
 
+def load_paired(model, path: str, info: dict):
+    """Load the safetensors file ``path`` strictly into ``model`` (built from ``info``, the JSON config
+    beside it); a file that does not fit gets a message naming the keys. Sets ``weights_sha256`` and
+    ``checkpoint_info``; returns the model in eval mode. Used by the localizer and the inpainter."""
+    sd = clean_keys(read_state_dict(path))
+    own = model.state_dict()
+    want, got = set(own), set(sd)
+    if want != got or any(own[k].shape != sd[k].shape for k in want):
+        missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
+        shapes = [k for k in sorted(want & got) if own[k].shape != sd[k].shape][:3]
+        raise WeightsError(f"{path} does not fit its config {sidecar(path)} (missing {missing}, unexpected {extra}, "
+                           f"shape mismatch {shapes}); retrain or restore the pair")
+    model.load_state_dict(sd, strict=True)
+    model.weights_sha256 = file_sha256(path)
+    model.checkpoint_info = info
+    return model.eval()
+
+
 def read_config(path: str, key: str = "model_cfg", cfg_cls=ModelCfg,
                 missing_hint: str = "pass the model name explicitly",
                 what: str = "a valid fos checkpoint config") -> dict[str, Any]:

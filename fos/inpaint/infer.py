@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, clean_keys, file_sha256,
-                            read_config, read_state_dict, sidecar, state_dict_cpu)
+from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, file_sha256, load_paired,
+                            read_config, sidecar, state_dict_cpu)
 from fos.config import InpaintCfg, to_dict
 from fos.inpaint.masks import crop_window, hole_bbox
 from fos.inpaint.model import SPLNet
@@ -50,17 +50,7 @@ def load_inpainter(path: str = DEFAULT_WEIGHTS) -> SPLNet:
     info = read_config(path, "inpaint_cfg", InpaintCfg, "it is written by python -m fos.inpaint.train",
                        "an inpainting config")
     model = SPLNet(InpaintCfg.from_dict(info["inpaint_cfg"]))
-    sd = clean_keys(read_state_dict(path))
-    want = model.state_dict()
-    if set(want) != set(sd) or any(want[k].shape != sd[k].shape for k in want):
-        missing, extra = sorted(set(want) - set(sd))[:3], sorted(set(sd) - set(want))[:3]
-        shapes = [k for k in set(want) & set(sd) if want[k].shape != sd[k].shape][:3]
-        raise WeightsError(f"{path} does not fit its config {sidecar(path)} (missing {missing}, unexpected {extra}, "
-                           f"shape mismatch {shapes}); retrain or restore the pair")
-    model.load_state_dict(sd, strict=True)
-    model.weights_sha256 = file_sha256(path)
-    model.checkpoint_info = info
-    return model.eval()
+    return load_paired(model, path, info)
 
 
 def onnx_path(weights: str) -> str:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, clean_keys, file_sha256,
-                            read_config, read_state_dict, sidecar, state_dict_cpu)
+from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, load_paired,
+                            read_config, sidecar, state_dict_cpu)
 from fos.config import WsolCfg, to_dict
 from fos.localize.masks import METHODS, box_to_mask, cutout, u2netp_path
 from fos.localize.metrics import cam_box
@@ -45,17 +45,7 @@ def load_localizer(path: str = DEFAULT_WEIGHTS) -> WsolNet:
     info = read_localizer_config(path)
     cfg = WsolCfg.from_dict({**info["wsol_cfg"], "pretrained": False})
     model = WsolNet(cfg)
-    sd = clean_keys(read_state_dict(path))
-    want, got = set(model.state_dict()), set(sd)
-    if want != got or any(model.state_dict()[k].shape != sd[k].shape for k in want):
-        missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
-        shapes = [k for k in want & got if model.state_dict()[k].shape != sd[k].shape][:3]
-        raise WeightsError(f"{path} does not fit its config {sidecar(path)} (missing {missing}, unexpected {extra}, "
-                           f"shape mismatch {shapes}); retrain or restore the pair")
-    model.load_state_dict(sd, strict=True)
-    model.weights_sha256 = file_sha256(path)
-    model.checkpoint_info = info
-    return model.eval()
+    return load_paired(model, path, info)
 
 
 @dataclass
