@@ -31,8 +31,10 @@ from fos.preprocess import load_image
 
 log = logging.getLogger("fos.inpaint.evaluate")
 KINDS = ("box", "object")
-ABLATIONS = {"spl": DEFAULT_WEIGHTS, "spl-noprior": "runs/inpaint/spl-noprior.safetensors",
-             "spl-concat": "runs/inpaint/spl-concat.safetensors", "spl-telea-init": "runs/inpaint/spl-telea.safetensors"}
+# the README's models: the paper's SPL and its two ablations (trained into runs/), and the shipped weights
+# (the telea-init variant)
+ABLATIONS = {"spl": "runs/inpaint/spl.safetensors", "spl-noprior": "runs/inpaint/spl-noprior.safetensors",
+             "spl-concat": "runs/inpaint/spl-concat.safetensors", "spl-telea-init": DEFAULT_WEIGHTS}
 
 
 def test_holes(root: str, seed: int = 0, split: str = "test") -> list[dict]:
@@ -105,7 +107,8 @@ def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str
                               "ssim": float(np.mean([r[1] for r in v])), "l1": float(np.mean([r[2] for r in v]))}
              for (d, k, m), v in rows.items()}
     n_fills = max(len(v) for v in rows.values()) if rows else 0
-    result = {"seed": seed, "split": split, "roots": roots, "methods": {m: getattr(i, "description", m) for m, i in ms.items()},
+    result = {"seed": seed, "split": split, "roots": roots,
+              "methods": {m: getattr(i, "description", m) for m, i in ms.items()},
               "results": table, "ms_per_fill": {m: 1e3 * t / max(1, sum(len(v) for (d, _, mm), v in rows.items()
                                                                         if d != "all" and mm == m))
                                                  for m, t in timing.items()}, "cases": n_fills}
@@ -150,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", default=None,
                    help="FOSD root with photos/ (its test split is used); repeat (default ../shared/data/msrc-fos)")
     p.add_argument("--weights", action="append", default=None, metavar="NAME=PATH",
-                   help="an SPL model to evaluate; repeat (default: spl=weights/inpaint.safetensors and the "
-                        "ablations in runs/inpaint/ that exist)")
+                   help="an SPL model to evaluate; repeat (default: those of ABLATIONS that exist: the README's "
+                        "runs/inpaint/ models and spl-telea-init=weights/inpaint.safetensors)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "auto"], default="torch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["test", "train"], default="test",

@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["spade", "concat"], default="spade",
                    help="spade: priors modulate the decoder (SPL); concat: the paper's ablation")
     p.add_argument("--init", choices=["gray", "telea"], default="gray",
-                   help="gray: the paper's masked input; telea: the hole pre-filled by Telea, the generator corrects it")
+                   help="gray: the paper's masked input; telea: the hole pre-filled by Telea, which the "
+                        "generator corrects")
     p.add_argument("--no-prior", action="store_true", help="no semantic supervision (the paper's ablation)")
     p.add_argument("--data", action="append", default=None,
                    help=f"FOSD root with photos/; repeat for several (default {InpaintTrainCfg().data[0]})")
