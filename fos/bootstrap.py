@@ -81,10 +81,10 @@ def prepare_inpainter(weights: str = "weights", method: str = "spl", backend: st
     if method == "spl" and not os.path.isfile(path):
         log.warning("no inpainting weights at %s: erasing with OpenCV's telea (python -m fos.inpaint.train)", path)
         method = "telea"
-    if method == "spl" and backend in ("auto", "onnxruntime") and inpaint_onnx_problem(path):
-        if have("onnx") and have("onnxruntime"):
-            from fos.export.inpaint import export_inpainter
+    problem = inpaint_onnx_problem(path) if method == "spl" and backend in ("auto", "onnxruntime") else None
+    if problem and have("onnx") and have("onnxruntime"):
+        from fos.export.inpaint import export_inpainter
 
-            log.info("exporting the inpainting graph (%s); once per set of weights", inpaint_onnx_problem(path))
-            export_inpainter(path)
+        log.info("exporting the inpainting graph (%s); once per set of weights", problem)
+        export_inpainter(path)
     return Inpainter(method, path, backend=backend)

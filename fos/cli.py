@@ -59,6 +59,16 @@ def write_json(path: str, obj) -> None:
     print(f"wrote {os.path.abspath(path)}")
 
 
+def add_config_args(p: argparse.ArgumentParser, cfg, skip: tuple[str, ...] = ()) -> None:
+    """``--field-name`` for every field of the dataclass instance ``cfg`` not in ``skip``, typed and
+    defaulted by the field's value (int, float and str fields; the caller adds the others)."""
+    from dataclasses import asdict
+
+    for f, v in asdict(cfg).items():
+        if f not in skip:
+            p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="CPU threads for torch and onnxruntime (0: FOS_THREADS, else half the cores)")

@@ -161,10 +161,7 @@ def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.inpaint.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f, v in asdict(InpaintTrainCfg()).items():
-        if f in ("out", "threads", "data", "variant", "prior", "init"):
-            continue
-        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    cli.add_config_args(p, InpaintTrainCfg(), ("out", "threads", "data", "variant", "prior", "init"))
     p.add_argument("--variant", choices=["spade", "concat"], default="spade",
                    help="spade: priors modulate the decoder (SPL); concat: the paper's ablation")
     p.add_argument("--init", choices=["gray", "telea"], default="gray",

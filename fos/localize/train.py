@@ -189,10 +189,7 @@ def fit(cfg: WsolTrainCfg, save: str, restart: bool = False, command: str = "") 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.localize.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f, v in asdict(WsolTrainCfg()).items():
-        if f in ("out", "threads", "data", "method"):
-            continue
-        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    cli.add_config_args(p, WsolTrainCfg(), ("out", "threads", "data", "method"))
     p.add_argument("--method", choices=["cam", "dawsol"], default="dawsol")
     p.add_argument("--data", action="append", default=None,
                    help=f"FOSD root with photos/; repeat for several (default {WsolTrainCfg().data[0]})")

@@ -15,10 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.train", description=DOC,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["teacher", "student"])
-    for f, v in asdict(TrainCfg()).items():
-        if f in ("out", "threads", "data", "amp"):
-            continue
-        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    cli.add_config_args(p, TrainCfg(), ("out", "threads", "data", "amp"))
     p.add_argument("--data", action="append", default=None,
                    help=f"dataset root in FOSD layout; repeat to train on several (default {TrainCfg().data[0]})")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
