@@ -252,7 +252,7 @@ def load_official_student(path_or_sd) -> Any:
     sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, str) else path_or_sd
     converted, dropped = convert_official_student(sd)
     model = build_model("student_vgg19", pretrained=False)
-    model.preprocess_cfg = PreprocessCfg()
+    model.preprocess_cfg = PreprocessCfg(student_view="whole")  # the official student sees the whole photo
     load_state_dict_checked(model, converted, source="official DiscoFOS weights")
     if dropped:
         logging.getLogger(__name__).info("official checkpoint: ignored %d auxiliary classifier keys", len(dropped))

@@ -34,6 +34,21 @@ class PreprocessCfg(Cfg):
     pad_value: int = 255  # white used to pad foregrounds to a square
     crop_scale: float = 2**0.5  # teacher crop: box width and height enlarged by sqrt(2) (twice the area)
     max_pixels: int = 40_000_000  # refuse larger images with a clear error
+    # what the student's background encoder sees: "context", a crop around the box with its width and
+    # height grown ``student_context`` times (the teacher's crop then spans about 5 of the 7x7 cells,
+    # whatever the box's size), or "whole", the whole photo (a small box gets about 2 cells).
+    # Configs saved before the field existed are "whole".
+    student_view: str = "context"
+    student_context: float = 2.0
+
+    LEGACY = {"student_view": "whole"}
+
+    def __post_init__(self):
+        if self.student_view not in ("context", "whole"):
+            raise ValueError(f"student_view must be 'context' or 'whole', got {self.student_view!r}")
+        if self.student_context < self.crop_scale:
+            raise ValueError(f"student_context ({self.student_context}) must be at least crop_scale "
+                             f"({self.crop_scale}): the student's view has to hold the teacher's crop")
 
 
 
@@ -45,11 +60,16 @@ class ModelCfg(Cfg):
     read their old value from ``LEGACY`` when a saved config lacks them.
     """
 
-    LEGACY = {"geometry_dims": 3, "linear_features": False, "head_act": "relu"}
+    LEGACY = {"geometry_dims": 3, "linear_features": False, "head_act": "relu", "interaction": False,
+              "backbone_relu_out": True}
 
     kind: str = "student"  # "student" or "teacher"
     backbone: str = "mobilenet_v2"  # "mobilenet_v2", "vgg19" or "tiny" (random-init test network)
     pretrained: bool = True  # ImageNet init of the backbone when building from scratch
+    # MobileNetV2 up to its last 1x1 conv + ReLU6 (1280 channels, what checkpoints made before this
+    # field used), or up to the last inverted residual, linear, 320 channels (False): the ReLU6 stage
+    # died in training (see fos.models.backbones.Backbone)
+    backbone_relu_out: bool = False
     proj_dim: int | None = 128  # 1x1 projection of the backbone map; None keeps the backbone width
     embed_dim: int | None = 128  # linear embedding for the triplet loss / prefilter; None = pooled map
     geometry: bool = True  # feed box and foreground geometry (fos.preprocess.geometry_batch) to the classifier
@@ -64,6 +84,10 @@ class ModelCfg(Cfg):
     # student shipped until now died in training: every unit negative on every test pair, so its score
     # did not depend on the cutout's pixels at all. A leaky unit cannot die.
     head_act: str = "leaky"
+    # a background-by-cutout product inside the head's first layer (see DistillHead). Without it the
+    # head is a sum of a background half and a cutout half; with a leaky unit that is nearly linear, so
+    # its appearance logit ranks the cutouts of a category the same way for every photo.
+    interaction: bool = True
     align_size: int = 7  # RoIAlign output size
     sampling_ratio: int = 2  # RoIAlign samples per bin side; <= 0 means adaptive (torchvision's -1)
 
@@ -106,6 +130,8 @@ class TrainCfg(Cfg):
     w_kd: float = 0.0
     kd_on: str = "score"  # "score": the full logits; "appearance": both logits without their geometry terms
     teacher: str = "weights/teacher.safetensors"  # used by the student only
+    # what the student's background encoder sees (PreprocessCfg.student_view): "context" or "whole"
+    student_view: str = "context"
     seed: int = 0
     threads: int = 0  # torch threads; 0 = fos.threads.default_threads()
     workers: int = 2  # data loader processes
@@ -121,6 +147,8 @@ class TrainCfg(Cfg):
             raise ValueError("--data needs at least one dataset root")
         if self.fg_rescale < 0:
             raise ValueError(f"--fg-rescale must be >= 0, got {self.fg_rescale}")
+        if self.student_view not in ("context", "whole"):
+            raise ValueError(f"--student-view must be 'context' or 'whole', got {self.student_view!r}")
         if self.kd_on not in ("score", "appearance"):
             raise ValueError(f"--kd-on must be 'score' or 'appearance', got {self.kd_on!r}")
 

@@ -36,9 +36,10 @@ def count_macs(module: nn.Module, fn) -> int:
 
 
 def functional_conv_macs(model) -> dict[str, int]:
-    """The head applies conv1 as two functional halves (no hooks fire): count them analytically."""
+    """The head applies conv1 as two functional halves (no hooks fire): count them analytically, with
+    the 1x1 projections of the interaction (``bg_q``, ``fg_k``) that each half carries."""
     d, a = model.dim, model.cfg.align_size
-    half = d * d * 9 * a * a
+    half = d * d * 9 * a * a + (d * d * a * a if model.head.interaction else 0)
     return {"conv1_bg_half": half, "conv1_fg_half": half}
 
 
@@ -50,8 +51,10 @@ def pair_costs(teacher_name: str = "teacher", student_name: str = "student", siz
     teacher = count_macs(t, lambda: t(x, g if t.cfg.geometry else None))
     bg = count_macs(s, lambda: s.encode_background(x, torch.tensor([[0.0, 0.0, size, size]])))
     fg = count_macs(s, lambda: s.encode_foreground(x))
-    roi = torch.zeros(1, s.dim, s.cfg.align_size, s.cfg.align_size)
-    finish = count_macs(s, lambda: s.head.finish(roi, roi, g if s.cfg.geometry else None))
+    part = torch.zeros(1, s.head.part_dim, s.cfg.align_size, s.cfg.align_size)
+    finish = count_macs(s, lambda: s.head.finish(part, part, g if s.cfg.geometry else None))
+    if s.head.interaction:  # the product of the projections, one multiply per channel and position
+        finish += s.dim * s.cfg.align_size ** 2
     halves = functional_conv_macs(s)
     head_from_maps = finish + halves["conv1_bg_half"] + halves["conv1_fg_half"]
     head_cached = finish  # bg half once per query, fg half cached with the foreground

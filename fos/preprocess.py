@@ -5,7 +5,9 @@ Geometry follows the DiscoFOS paper and the official FOSD loaders:
 * boxes are XYXY in pixels of the original image, ``x2``/``y2`` exclusive; a normalized FOSD box
   ``[x1/W, y1/H, x2/W, y2/H]`` maps to pixels with ``int(v * W)`` (FOSD's ``normbox2globalbox``);
 * the query box is filled with gray 128 in the background;
-* student background input: the whole filled background resized to ``image_size`` squared;
+* student background input (``PreprocessCfg.student_view``): the filled background around the box, its
+  width and height grown ``student_context`` times (clamped to the image), or the whole filled
+  background, resized to ``image_size`` squared; the student pools the teacher's crop out of its map;
 * student foreground input: the cutout (object on white) padded to a square with 255, resized;
 * teacher input: a composite, cropped around the box with its width and height enlarged by sqrt(2)
   (``int(w * (sqrt(2) - 1) / 2)`` per side, clamped to the image), resized to ``image_size`` squared;
@@ -235,7 +237,8 @@ class PreparedBackground:
     box: Box  # pixels of the original image
     crop_box: Box  # enlarged box, pixels of the original image
     tensor: torch.Tensor  # 3xSxS student background input
-    crop_box_net: torch.Tensor  # (4,) crop box in network-input pixels, for RoIAlign
+    crop_box_net: torch.Tensor  # (4,) crop box in the student input's pixels, for RoIAlign
+    view_box: Box = (0, 0, 0, 0)  # what the student input shows, pixels of the original image
 
     @property
     def size(self) -> tuple[int, int]:
@@ -249,9 +252,12 @@ def prepare_background(bg, box, cfg: PreprocessCfg = DEFAULT_CFG) -> PreparedBac
     box = validate_box(box, w, h)
     filled = fill_box(img, box, cfg.fill_value)
     crop = enlarged_box(box, w, h, cfg.crop_scale)
-    tensor = to_tensor(resize_square(filled, cfg.image_size), cfg)
-    crop_net = torch.tensor(scale_box(crop, w, h, cfg.image_size), dtype=torch.float32)
-    return PreparedBackground(img, filled, box, crop, tensor, crop_net)
+    view = enlarged_box(box, w, h, cfg.student_context) if cfg.student_view == "context" else (0, 0, w, h)
+    vx, vy = view[0], view[1]
+    tensor = to_tensor(resize_square(filled.crop(view) if view != (0, 0, w, h) else filled, cfg.image_size), cfg)
+    crop_in_view = (crop[0] - vx, crop[1] - vy, crop[2] - vx, crop[3] - vy)
+    crop_net = torch.tensor(scale_box(crop_in_view, view[2] - vx, view[3] - vy, cfg.image_size), dtype=torch.float32)
+    return PreparedBackground(img, filled, box, crop, tensor, crop_net, view)
 
 
 def foreground_input(fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:

@@ -28,6 +28,13 @@ def student() -> ModelCfg:
 
 
 @register_model
+def student_additive() -> ModelCfg:
+    """The student whose head adds its background and cutout halves, no product (the ablation of
+    ``ModelCfg.interaction``)."""
+    return ModelCfg(interaction=False)
+
+
+@register_model
 def teacher_vgg19() -> ModelCfg:
     """The paper's teacher: VGG19, 512-channel map, no projection."""
     return ModelCfg(kind="teacher", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1,
@@ -38,7 +45,7 @@ def teacher_vgg19() -> ModelCfg:
 def student_vgg19() -> ModelCfg:
     """The paper's student (official DiscoFOS checkpoint layout): VGG19, RoIConcat head on 512 channels."""
     return ModelCfg(kind="student", backbone="vgg19", proj_dim=None, embed_dim=None, geometry=False, sampling_ratio=-1,
-                    linear_features=False, head_act="relu")
+                    linear_features=False, head_act="relu", interaction=False)
 
 
 @register_model

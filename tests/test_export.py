@@ -53,7 +53,7 @@ def test_dynamic_batch(exported):
     for n in (1, 3, 7):
         fg = np.random.default_rng(n).uniform(-1, 1, (n, 3, 224, 224)).astype(np.float32)
         part, emb = ort_b.student_fg(fg)
-        assert part.shape == (n, 16, 7, 7) and emb.shape == (n, 16)
+        assert part.shape == (n, 32, 7, 7) and emb.shape == (n, 16)  # 16 of conv1 + 16 of the interaction
 
 
 def test_stale_and_mismatched_graphs(exported, tmp_path):

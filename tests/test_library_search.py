@@ -50,7 +50,7 @@ def test_fosd_library_keeps_names_and_metadata(fosd_lib):
     assert lib.path(0) == os.path.join(out, "files", it["sha256"] + ".jpg") and file_sha256(lib.path(0)) == it["sha256"]
     assert it["sha256"] == file_sha256(it["source"])
     assert lib.emb.dtype == np.float16 and lib.emb.shape == (18, 16)
-    assert lib.fmap.shape == (18, 16, 7, 7)
+    assert lib.fmap.shape == (18, 32, 7, 7)  # the cached half: 16 channels of conv1 + 16 of the interaction
 
 
 def cutout_folder(tmp_path):

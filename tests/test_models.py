@@ -7,7 +7,8 @@ from fos.checkpoint import (
 )
 from fos.cost import pair_costs
 from fos.models.backbones import VGG19_CFG, load_imagenet_mobilenet_v2
-from fos.registry import build_model, list_models
+from fos.config import ModelCfg
+from fos.registry import build_from_cfg, build_model, list_models
 
 
 def test_registry_lists_and_rejects_unknown():
@@ -60,17 +61,40 @@ def test_teacher_and_student_shapes():
     assert torch.allclose(bemb.norm(dim=-1), torch.ones(1)) and femb.shape == (3, 128)
     dfeat, dlogit = s.fuse(roi, fmap, g)  # one RoI broadcasts over 3 candidates
     assert dfeat.shape == feat.shape and dlogit.shape == (3,)
-    # the split conv equals the convolution of the concatenation
+    # the split conv equals the convolution of the concatenation, plus the product of the projections
     ref = torch.nn.functional.conv2d(torch.cat([roi.expand(3, -1, -1, -1), fmap], 1), s.head.conv1.weight,
                                      s.head.conv1.bias, padding=1)
-    assert torch.allclose(s.head.bg_part(roi) + s.head.fg_part(fmap), ref, atol=1e-5)
+    bg_part, fg_part = s.head.bg_part(roi), s.head.fg_part(fmap)
+    assert bg_part.shape == (1, 256, 7, 7) and fg_part.shape == (3, 256, 7, 7)
+    assert torch.allclose(s.head.pre_activation(bg_part, fg_part), ref + s.head.bg_q(roi) * s.head.fg_k(fmap), atol=1e-5)
+    # without the interaction (the ablation) the halves are conv1's alone and simply add
+    a = build_model("student_additive", pretrained=False).eval()
+    a.load_state_dict({k: v for k, v in s.state_dict().items() if k in a.state_dict()})
+    assert torch.allclose(a.head.pre_activation(a.head.bg_part(roi), a.head.fg_part(fmap)), ref, atol=1e-5)
+
+
+def test_interaction_makes_the_appearance_score_pairwise():
+    """A head that adds a background half and a cutout half ranks the cutouts alike for every background
+    (up to its activation's kink); the product term can rank them differently."""
+    torch.manual_seed(0)
+    rois = torch.randn(2, 128, 7, 7)  # two backgrounds
+    fmaps = torch.randn(4, 128, 7, 7)  # four cutouts
+    g = torch.zeros(4, 5)
+    for name, pairwise in (("student_additive", False), ("student", True)):
+        s = build_model(name, pretrained=False).eval()
+        with torch.no_grad():
+            s.head.conv1.weight.mul_(0.01)  # keep every unit in the linear part of the activation
+            s.head.conv1.bias.fill_(5.0)
+            orders = [torch.argsort(s.fuse(rois[i:i + 1], fmaps, g)[1]).tolist() for i in range(2)]
+        assert (orders[0] != orders[1]) == pairwise, name
 
 
 def test_head_is_under_a_tenth_of_a_teacher_forward():
     c = pair_costs()
     assert c["head_from_maps_over_teacher"] < 0.1
+    # conv1 (2 halves) + conv2, and the two 1x1 projections of the interaction
     assert c["student_head_macs_per_candidate_from_fg_maps"] == pytest.approx(
-        3 * 128 * 128 * 9 * 49, rel=0.01)  # conv1 (2 halves) + conv2 dominate
+        3 * 128 * 128 * 9 * 49 + 2 * 128 * 128 * 49, rel=0.01)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -109,6 +133,19 @@ def test_linear_features_and_configs_saved_before_the_field(tmp_path):
     with torch.no_grad():
         feat, _ = old.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 5))
     assert (feat >= 0).all()
+
+
+def test_backbone_ends_linear_and_old_configs_keep_the_relu_stage():
+    """New models stop at MobileNetV2's last inverted residual (320 channels, no activation: nothing
+    left to die); configs saved before ``backbone_relu_out`` existed rebuild the 1280-channel ReLU6 stage."""
+    t = build_model("teacher", pretrained=False)
+    assert len(t.backbone.features) == 18 and t.backbone.out_channels == 320
+    assert t.proj[0].in_channels == 320
+    old = ModelCfg.from_dict({"kind": "teacher", "embed_dim": None})
+    assert old.backbone_relu_out and build_from_cfg(old).backbone.out_channels == 1280
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # a linear output can be negative; a ReLU6 output cannot
+        assert (t.backbone(x) < 0).any() and (build_from_cfg(old).backbone(x) >= 0).all()
 
 
 def test_weights_that_do_not_fit(tmp_path):

@@ -41,13 +41,33 @@ def test_enlarged_box_hand_computed():
 
 
 def test_background_input_fills_box_gray():
-    prep = prepare_background(solid(320, 240, (255, 0, 0)), (160, 0, 320, 240))
+    prep = prepare_background(solid(320, 240, (255, 0, 0)), (160, 0, 320, 240), PreprocessCfg(student_view="whole"))
     assert prep.tensor.shape == (3, 224, 224)
     assert torch.allclose(prep.tensor[:, 100, 200], torch.full((3,), GRAY), atol=1e-6)
     assert torch.allclose(prep.tensor[:, 100, 20], torch.tensor([1.0, -1.0, -1.0]))
     # crop box: add_w = int(160*0.2071) = 33, add_h = int(240*0.2071) = 49 (clamped) -> (127, 0, 320, 240)
     assert prep.crop_box == (127, 0, 320, 240)
     assert prep.crop_box_net.tolist() == [float(int(127 / 320 * 224)), 0.0, 224.0, 224.0]
+
+
+def test_context_view_hand_computed():
+    """The default student view: the box grown 2x per side; the RoI is the teacher's crop inside it."""
+    prep = prepare_background(solid(400, 400, (255, 0, 0)), (150, 150, 250, 250))
+    # view: add int(100 * (2 - 1) / 2) = 50 per side -> (100, 100, 300, 300), 200 px shown at 224
+    assert prep.view_box == (100, 100, 300, 300)
+    # teacher crop: add int(100 * 0.2071) = 20 -> (130, 130, 270, 270); in the view (30, 30, 170, 170)
+    assert prep.crop_box == (130, 130, 270, 270)
+    assert prep.crop_box_net.tolist() == [float(int(30 / 200 * 224)), float(int(30 / 200 * 224)),
+                                          float(int(170 / 200 * 224)), float(int(170 / 200 * 224))]
+    # the gray box spans (50..150) / 200 * 224 = 56..168 of the input; red around it
+    assert torch.allclose(prep.tensor[:, 112, 112], torch.full((3,), GRAY), atol=1e-6)
+    assert torch.allclose(prep.tensor[:, 20, 20], torch.tensor([1.0, -1.0, -1.0]))
+    # clamped at the border: the view stops at the image
+    assert prepare_background(solid(400, 400, (255, 0, 0)), (0, 0, 100, 100)).view_box == (0, 0, 150, 150)
+    # configs saved before the field read as the whole photo
+    assert PreprocessCfg.from_dict({"image_size": 224}).student_view == "whole"
+    with pytest.raises(ValueError, match="student_view"):
+        PreprocessCfg(student_view="box")
 
 
 def test_teacher_composite_geometry():

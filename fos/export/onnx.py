@@ -69,7 +69,7 @@ class HeadOnnx(nn.Module):
 def graph_specs(teacher, student, pcfg: PreprocessCfg, batch: int = 2) -> dict:
     """name -> (wrapper, example inputs (ordered dict), output names); no teacher graph when ``teacher`` is None."""
     s = pcfg.image_size
-    d, a = student.dim, student.cfg.align_size
+    d, a = student.head.part_dim, student.cfg.align_size
     g = torch.Generator().manual_seed(0)
     img = lambda: torch.rand(batch, 3, s, s, generator=g) * 2 - 1  # noqa: E731
     box = torch.tensor([[20.0, 30.0, 180.0, 200.0]] * batch)

@@ -110,15 +110,21 @@ def load_imagenet_mobilenet_v2() -> MobileNetV2:
 
 
 class Backbone(nn.Module):
-    """Feature extractor: image (B, 3, S, S) -> map (B, C, S/32, S/32)."""
+    """Feature extractor: image (B, 3, S, S) -> map (B, C, S/32, S/32).
 
-    def __init__(self, name: str = "mobilenet_v2", pretrained: bool = False):
+    ``relu_out=False`` (MobileNetV2 only) ends at stage 17, the last inverted residual, whose output is
+    linear (320 channels), instead of stage 18's 1x1 conv + ReLU6 (1280 channels). Fine-tuned with the
+    models' losses, stage 18 died: 99-100% of its units were zero on every test cutout, in the shipped
+    teacher and in every student, so the student's encoders gave one map for every image.
+    """
+
+    def __init__(self, name: str = "mobilenet_v2", pretrained: bool = False, relu_out: bool = True):
         super().__init__()
         self.name = name
         if name == "mobilenet_v2":
             net = load_imagenet_mobilenet_v2() if pretrained else MobileNetV2()
-            self.features = net.features
-            self.out_channels = MobileNetV2.out_channels
+            self.features = net.features if relu_out else net.features[:-1]
+            self.out_channels = MobileNetV2.out_channels if relu_out else 320
         elif name == "tiny":
             if pretrained:
                 raise ValueError("the tiny backbone has no pretrained weights; build it with pretrained=False")

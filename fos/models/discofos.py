@@ -40,7 +40,7 @@ class Teacher(nn.Module):
     def __init__(self, cfg: ModelCfg):
         super().__init__()
         self.cfg = cfg
-        self.backbone = Backbone(cfg.backbone, cfg.pretrained)
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.backbone_relu_out)
         self.proj = _projection(self.backbone.out_channels, cfg.proj_dim, cfg.linear_features)
         self.dim = cfg.proj_dim or self.backbone.out_channels
         self.fc = nn.Linear(self.dim, 1)
@@ -65,10 +65,16 @@ class DistillHead(nn.Module):
 
     ``conv1`` sees the concatenation [bg RoI, fg map]; it is applied as two halves so that either
     half can be computed once and reused (the concatenation never needs to exist).
+
+    With ``interaction`` each half also carries a 1x1 projection (``bg_q`` of the RoI, ``fg_k`` of
+    the cutout's map), and the first layer adds their product, position by position and channel by
+    channel: ``act(conv1_bg(roi) + conv1_fg(fmap) + bg_q(roi) * fg_k(fmap))``. The halves are then
+    2D channels wide (still computed once each, and what a library caches); the product is what lets
+    the score of a cutout depend on the background it is put in, beyond a sum of the two.
     """
 
     def __init__(self, dim: int, geometry: bool, linear_feature: bool = False, geometry_dims: int = 3,
-                 act: str = "relu"):
+                 act: str = "relu", interaction: bool = False):
         super().__init__()
         if act not in ("relu", "leaky"):
             raise ValueError(f"unknown head activation {act!r}; use relu or leaky")
@@ -78,19 +84,33 @@ class DistillHead(nn.Module):
         self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
         self.classifier = nn.Conv2d(dim, 1, 1)
         self.geom_fc = nn.Linear(geometry_dims, 1, bias=False) if geometry else None
+        self.interaction = interaction
+        if interaction:
+            self.bg_q = nn.Conv2d(dim, dim, 1)
+            self.fg_k = nn.Conv2d(dim, dim, 1)
         self.dim = dim
+        self.part_dim = 2 * dim if interaction else dim  # channels of bg_part / fg_part
 
     def bg_part(self, roi: torch.Tensor) -> torch.Tensor:
-        """conv1 on the background half, bias included: (B, D, a, a) -> (B, D, a, a)."""
-        return F.conv2d(roi, self.conv1.weight[:, : self.dim], self.conv1.bias, padding=1)
+        """conv1 on the background half, bias included: (B, D, a, a) -> (B, part_dim, a, a)."""
+        part = F.conv2d(roi, self.conv1.weight[:, : self.dim], self.conv1.bias, padding=1)
+        return torch.cat([part, self.bg_q(roi)], 1) if self.interaction else part
 
     def fg_part(self, fmap: torch.Tensor) -> torch.Tensor:
-        """conv1 on the foreground half: (N, D, a, a) -> (N, D, a, a). Cacheable per foreground."""
-        return F.conv2d(fmap, self.conv1.weight[:, self.dim:], None, padding=1)
+        """conv1 on the foreground half: (N, D, a, a) -> (N, part_dim, a, a). Cacheable per foreground."""
+        part = F.conv2d(fmap, self.conv1.weight[:, self.dim:], None, padding=1)
+        return torch.cat([part, self.fg_k(fmap)], 1) if self.interaction else part
+
+    def pre_activation(self, bg_part: torch.Tensor, fg_part: torch.Tensor) -> torch.Tensor:
+        """The first layer's output before its activation, from the two halves: (N, D, a, a)."""
+        if not self.interaction:
+            return bg_part + fg_part
+        d = self.dim
+        return bg_part[:, :d] + fg_part[:, :d] + bg_part[:, d:] * fg_part[:, d:]
 
     def finish(self, bg_part: torch.Tensor, fg_part: torch.Tensor, geom: torch.Tensor | None = None):
-        """Sum of the halves -> (distillation feature (N, D, a, a), logit (N,))."""
-        pre = bg_part + fg_part
+        """The halves -> (distillation feature (N, D, a, a), logit (N,))."""
+        pre = self.pre_activation(bg_part, fg_part)
         h = F.leaky_relu(pre, 0.1) if self.act == "leaky" else F.relu(pre)
         feat = self.conv2(h) if self.linear_feature else F.relu(self.conv2(h))
         logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
@@ -115,13 +135,14 @@ class Student(nn.Module):
     def __init__(self, cfg: ModelCfg):
         super().__init__()
         self.cfg = cfg
-        self.bg_encoder = Backbone(cfg.backbone, cfg.pretrained)
-        self.fg_encoder = Backbone(cfg.backbone, cfg.pretrained)
+        self.bg_encoder = Backbone(cfg.backbone, cfg.pretrained, cfg.backbone_relu_out)
+        self.fg_encoder = Backbone(cfg.backbone, cfg.pretrained, cfg.backbone_relu_out)
         cin = self.bg_encoder.out_channels
         self.dim = cfg.proj_dim or cin
         self.bg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
         self.fg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
-        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features, cfg.geometry_dims, cfg.head_act)
+        self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features, cfg.geometry_dims, cfg.head_act,
+                                cfg.interaction)
         e = cfg.embed_dim
         self.bg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
         self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()

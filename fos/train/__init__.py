@@ -234,7 +234,7 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
     with torch.no_grad():  # share of head units above zero on this batch's pairs (0: a dead head, see ModelCfg.head_act)
         rep = roi.repeat_interleave(k, 0)
-        parts["live"] = ((model.head.bg_part(rep) + model.head.fg_part(fmap)) > 0).float().mean()
+        parts["live"] = (model.head.pre_activation(model.head.bg_part(rep), model.head.fg_part(fmap)) > 0).float().mean()
     s_logit = own_logit.view(b, k)  # each background's candidates, own cutout first
     if cfg.w_rank:
         parts["rank"] = F.cross_entropy(s_logit, torch.zeros(b, dtype=torch.long))
@@ -297,7 +297,7 @@ def fit(kind: str, cfg: TrainCfg, save: str, restart: bool = False, command: str
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     set_threads(cfg.threads)
-    pcfg = PreprocessCfg()
+    pcfg = PreprocessCfg(student_view=cfg.student_view)
     records = load_train_roots(cfg.data, cfg.labels)
     if cfg.limit:
         records = records[: cfg.limit]
