@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Reproduces the README's results table: every model and baseline on msrc-fos test, exact boxes and
+# Reproduces the README's results tables: every model and baseline on msrc-fos test, exact boxes and
 # loose boxes (averaged over 5 box seeds), the appearance-only ablation of the trained models, and the
 # teacher on the composite the app shows (--composite fit, what its rerank scores), and every model on
-# the leak-free matched protocol.
+# the leak-free matched protocol; then the same exact and loose tables on the converted coco128 test split.
 # Trained models run as the app runs them: exported ONNX graphs through the default backend (auto).
-# JSON per run in runs/results/.
+# JSON per run in runs/results/ (coco128: runs/results/coco128/).
 set -euo pipefail
 DATA=${DATA:-../shared/data/msrc-fos}
-mkdir -p runs/results
-python export/to_onnx.py --data "$DATA" | grep -A7 "^parity"
+COCO=${COCO:-runs/coco128-fos}
 LOOSE="--box-jitter 0.5 --seeds 0,1,2,3,4"
-for m in teacher student random aspect geometry color imagenet; do
-  python -m fos.evaluate --data "$DATA" --model "$m" --json "runs/results/$m.exact.json" | tail -1
-  python -m fos.evaluate --data "$DATA" --model "$m" $LOOSE --json "runs/results/$m.loose.json" | tail -1
-done
-for m in teacher student; do
-  python -m fos.evaluate --data "$DATA" --model "$m" --appearance-only --json "runs/results/$m.appearance.exact.json" | tail -1
-  python -m fos.evaluate --data "$DATA" --model "$m" --appearance-only $LOOSE \
-    --json "runs/results/$m.appearance.loose.json" | tail -1
-done
+
+standard() {  # DATA OUT: exact and loose boxes for every model, appearance-only for the trained ones
+  local data=$1 out=$2
+  mkdir -p "$out"
+  for m in teacher student random aspect geometry color imagenet; do
+    python -m fos.evaluate --data "$data" --model "$m" --json "$out/$m.exact.json" | tail -1
+    python -m fos.evaluate --data "$data" --model "$m" $LOOSE --json "$out/$m.loose.json" | tail -1
+  done
+  for m in teacher student; do
+    python -m fos.evaluate --data "$data" --model "$m" --appearance-only --json "$out/$m.appearance.exact.json" | tail -1
+    python -m fos.evaluate --data "$data" --model "$m" --appearance-only $LOOSE \
+      --json "$out/$m.appearance.loose.json" | tail -1
+  done
+}
+
+python export/to_onnx.py --data "$DATA" | grep -A7 "^parity"
+standard "$DATA" runs/results
 python -m fos.evaluate --data "$DATA" --model teacher --composite fit --json runs/results/teacher.fit.exact.json | tail -1
 python -m fos.evaluate --data "$DATA" --model teacher --composite fit $LOOSE --json runs/results/teacher.fit.loose.json | tail -1
 # the leak-free protocol (candidates of the true cutout's aspect, all resampled to its pixel area; loose boxes)
@@ -31,20 +38,10 @@ for m in teacher student; do
     --json "runs/results/$m.appearance.matched.json" | tail -1
 done
 python scripts/results_table.py
-# the converted coco128 test split (README, "Bring your own data"): exact and loose boxes; its matched
-# protocol keeps 3 queries, too few to report
-COCO=${COCO:-runs/coco128-fos}
+# the converted coco128 test split (README, "Bring your own data"); its matched protocol keeps 3
+# queries, too few to report
 if [ -d "$COCO/test" ]; then
-  mkdir -p runs/results/coco128
-  for m in teacher student random aspect geometry color imagenet; do
-    python -m fos.evaluate --data "$COCO" --model "$m" --json "runs/results/coco128/$m.exact.json" | tail -1
-    python -m fos.evaluate --data "$COCO" --model "$m" $LOOSE --json "runs/results/coco128/$m.loose.json" | tail -1
-  done
-  for m in teacher student; do
-    python -m fos.evaluate --data "$COCO" --model "$m" --appearance-only --json "runs/results/coco128/$m.appearance.exact.json" | tail -1
-    python -m fos.evaluate --data "$COCO" --model "$m" --appearance-only $LOOSE \
-      --json "runs/results/coco128/$m.appearance.loose.json" | tail -1
-  done
+  standard "$COCO" runs/results/coco128
   echo; echo "coco128 test:"; python scripts/results_table.py runs/results/coco128
 else
   echo "no $COCO/test: convert coco128 first (README, Bring your own data) to get its table"

