@@ -215,7 +215,9 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
         return {"loss": loss, "bce": loss}
     roi, bg_emb = model.encode_background(batch["bg"], batch["crop_box"])  # (B, D, a, a), (B, E)
     fmap, fg_emb = model.encode_foreground(flat(batch["fg"]))  # (B*K, D, a, a), (B*K, E)
-    feat, logit = model.fuse(roi.repeat_interleave(k, 0), fmap, flat(geom))
+    # the head's halves once: the background half per background (then repeated), the cutout half per cutout
+    bg_half, fg_half = model.head.bg_part(roi).repeat_interleave(k, 0), model.head.fg_part(fmap)
+    feat, logit = model.head.finish(bg_half, fg_half, flat(geom))
     with torch.no_grad():
         target, t_logit = teacher(flat(comp), flat(geom))
     fg_emb = fg_emb.view(b, k, -1)
@@ -233,8 +235,7 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     }
     parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
     with torch.no_grad():  # share of head units above zero on this batch's pairs (0: a dead head, see ModelCfg.head_act)
-        rep = roi.repeat_interleave(k, 0)
-        parts["live"] = (model.head.pre_activation(model.head.bg_part(rep), model.head.fg_part(fmap)) > 0).float().mean()
+        parts["live"] = (model.head.pre_activation(bg_half, fg_half) > 0).float().mean()
     s_logit = own_logit.view(b, k)  # each background's candidates, own cutout first
     if cfg.w_rank:
         parts["rank"] = F.cross_entropy(s_logit, torch.zeros(b, dtype=torch.long))
