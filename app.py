@@ -9,10 +9,12 @@ draws a box, picks a category, and sees the ranked cutouts with their composites
 
 import logging
 import os
+import sys
 import tempfile
 import time
 import traceback
 import uuid
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -23,9 +25,9 @@ from fos.data import DatasetError
 from fos.examples import load_examples
 from fos.library import LibraryError
 from fos.preprocess import InputError, PreparedBackground, fit_composite, load_image, zoom_box
-from fos.runtime import BackendError
+from fos.runtime import BACKENDS, BackendError
 from fos.search import EngineCfg, SearchEngine
-from fos.threads import set_threads
+from fos.threads import default_threads, set_threads
 
 log = logging.getLogger("fos.app")
 WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
@@ -37,6 +39,7 @@ LOCALIZER = os.environ.get("FOS_LOCALIZER") or os.path.join(WEIGHTS, "localizer.
 # box"); telea / ns are OpenCV's
 INPAINT_METHOD = os.environ.get("FOS_INPAINT", "spl")
 MAX_UPLOADS = 20
+MAX_K = 20  # the "how many results" slider's range is 1..MAX_K
 # Composites are written here under unique names and handed to Gradio as paths: Gradio copies a path
 # into its cache atomically, while returning PIL images makes it rewrite one content-hashed file per
 # identical image, which races with a concurrent download of that file (identical queries).
@@ -52,9 +55,47 @@ except ImportError:  # pragma: no cover - depends on the install
     HAVE_ANNOTATOR = False
 
 
+def server_port() -> int:
+    text = os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    try:
+        port = int(text)
+    except ValueError:
+        raise InputError(f"PORT must be a port number such as 7860, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise InputError(f"PORT must be between 1 and 65535, got {port}")
+    return port
+
+
+def check_environment() -> int:
+    """Check every setting the app reads from the environment, before anything slow is loaded; returns
+    the port. Each bad value raises one of :data:`USER_ERRORS` with a message that says what to set."""
+    port = server_port()
+    if BACKEND not in ("auto", *BACKENDS):
+        raise BackendError(f"FOS_BACKEND must be auto or one of {', '.join(BACKENDS)}, got {BACKEND!r}")
+    from fos.inpaint.infer import METHODS
+
+    if INPAINT_METHOD not in METHODS:
+        raise InputError(f"FOS_INPAINT must be one of {', '.join(METHODS)}, got {INPAINT_METHOD!r}")
+    default_threads()  # FOS_THREADS
+    if not os.path.isdir(WEIGHTS):
+        raise WeightsError(f"FOS_WEIGHTS={WEIGHTS!r} is not a folder: point it at a folder holding "
+                           "student.safetensors and teacher.safetensors (the shipped ones are in weights/)")
+    if LIBRARY and not os.path.isdir(LIBRARY):
+        raise LibraryError(f"FOS_LIBRARY={LIBRARY!r} is not a folder: point it at a library built with "
+                           "`python -m fos.library build --src DIR --out LIB`, or unset it for the default library")
+    return port
+
+
+def step(text: str) -> None:
+    """One progress line per start-up step, on the console whatever the logging set-up."""
+    print(f"[fos app] {text}", file=sys.stderr, flush=True)
+
+
 def load_engine() -> SearchEngine:
     t0 = time.time()
     log.info("torch and onnxruntime use %d CPU threads (FOS_THREADS to change)", set_threads())
+    step(f"loading weights from {WEIGHTS} and the library (the first start also exports the ONNX graphs "
+         "and encodes the default library: about a minute; later starts take seconds)")
     lib, backend = prepare(WEIGHTS, LIBRARY, BACKEND)
     eng = SearchEngine(lib, backend, EngineCfg())
     log.info("ready in %.1fs: %d library items in %d categories, backend %s", time.time() - t0, len(lib),
@@ -73,6 +114,18 @@ def parse_box_text(text: str | None):
         return tuple(float(p) for p in parts)
     except ValueError:
         raise InputError(f"type the box as four numbers x1,y1,x2,y2, got {text!r}") from None
+
+
+def whole_number(value, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], or an :class:`InputError` that names the field (2.7 is refused,
+    not rounded)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}") from None
+    if f != int(f) or not lo <= f <= hi:
+        raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
+    return int(f)
 
 
 def box_from_annotation(value) -> tuple[np.ndarray | None, tuple | None]:
@@ -128,6 +181,12 @@ def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: 
         raise InputError("no box: draw a box on the background (or type x1,y1,x2,y2)")
     if not category:
         raise InputError("no category: choose what kind of object should go in the box")
+    cats = engine.lib.category_names()
+    if category not in cats and not uploads:
+        raise InputError(f"category {category!r} has no cutouts in the library; choose one of {', '.join(cats)}")
+    k = whole_number(k, "how many results", 1, MAX_K)
+    rerank = whole_number(rerank, "N for the teacher rerank", 0, MAX_K)
+    image = open_background(image)  # header checked before decoding (the page hands over a path)
     erased_ms = None
     if eraser is not None:
         t0 = time.perf_counter()
@@ -199,6 +258,40 @@ def load_inpainter():
     return inp
 
 
+def quiet(cls):
+    """``cls`` (a Gradio component) with the app's own input checks: its value reaches the handler
+    unchecked (a handler of :func:`build_demo` checks it and answers one line), where Gradio's checks
+    would answer with their own words and print a traceback to the server log for each bad value."""
+    class Quiet(cls):
+        is_template = True  # the page draws it as ``cls``
+
+        def preprocess(self, payload):
+            return payload
+
+    Quiet.__name__ = Quiet.__qualname__ = "Quiet" + cls.__name__
+    return Quiet
+
+
+if HAVE_ANNOTATOR:
+    class PathAnnotator(image_annotator):
+        """The box annotator, handing the handler the uploaded file's path undecoded: ``load_image``
+        then checks its size from the header before decoding (a decompression bomb is refused at once)
+        and names only the file in its errors (the annotator's own decoding answered with a server
+        path). EXIF orientation is applied after loading, as the annotator does."""
+        is_template = True
+
+        def preprocess_image(self, image):
+            return None if image is None else str(image.path)
+
+
+def open_background(src):
+    """The background a person sees on the page: header-checked, decoded, EXIF-rotated."""
+    from PIL import ImageOps
+
+    img = load_image(src, "RGB", what="background")
+    return ImageOps.exif_transpose(img) if isinstance(src, (str, os.PathLike)) else img
+
+
 def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
     import gradio as gr
 
@@ -224,23 +317,18 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
 
     @safe
     def on_upload_bg(file):
+        """A new photo, with no box (the person draws one), erasing off and no category (they choose)."""
         if file is None:
-            return gr.update(), gr.update()
-        img = load_image(file, "RGB", what="background")
-        w, h = img.size
-        arr = np.asarray(img)
-        box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
-        erase_on = inpainter is not None  # an uploaded photo has something in the box: erase it first
-        if HAVE_ANNOTATOR:
-            return {"image": arr, "boxes": [{"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3],
-                                            "label": "object", "color": (255, 64, 64)}]}, erase_on
-        return arr, erase_on
+            return gr.update(), gr.update(), gr.update()
+        arr = np.asarray(open_background(getattr(file, "name", file)))
+        return ({"image": arr, "boxes": []} if HAVE_ANNOTATOR else arr), False, None
 
     @safe
     def on_upload_fg(files, state):
         state = dict(state or {})
         if not files:
             return state, "no foregrounds uploaded"
+        dropped = [os.path.basename(getattr(f, "name", str(f))) for f in files[MAX_UPLOADS:]]
         files = files[:MAX_UPLOADS]
         names = [os.path.basename(getattr(f, "name", str(f))) for f in files]
         items, problems = engine.encode_extra([getattr(f, "name", f) for f in files], names)
@@ -248,6 +336,9 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
         msg = f"{len(items)} foreground(s) encoded once for this session"
         if problems:
             msg += "; skipped: " + "; ".join(problems)
+        if dropped:
+            msg += (f"; only the first {MAX_UPLOADS} of {MAX_UPLOADS + len(dropped)} files are used, "
+                    f"{len(dropped)} left out ({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''})")
         return state, msg
 
     @safe
@@ -285,7 +376,7 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                         value = {"image": first["image"], "boxes": [{"xmin": b[0], "ymin": b[1], "xmax": b[2],
                                                                       "ymax": b[3], "label": "object",
                                                                       "color": (255, 64, 64)}]}
-                    annot = image_annotator(value=value, label="Background: drag to draw the box", single_box=True,
+                    annot = PathAnnotator(value=value, label="Background: drag to draw the box", single_box=True,
                                             sources=[], image_type="numpy", label_list=["object"],
                                             label_colors=[(255, 64, 64)], show_download_button=False, disable_edit_boxes=True,
                                             elem_id="annotator")
@@ -296,14 +387,19 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                 box_text = gr.Textbox(label="or type the box: x1,y1,x2,y2 (pixels)", placeholder="e.g. 80,44,253,176",
                                       elem_id="box_text")
             with gr.Column(scale=2):
-                category = gr.Dropdown(cats, value=(examples[0]["category"] if examples else cats[0]),
-                                       label="Category", elem_id="category")
-                k = gr.Slider(1, 20, value=8, step=1, label="How many results")
+                category = quiet(gr.Dropdown)(cats, value=(examples[0]["category"] if examples else None),
+                                              label="Category", elem_id="category")
+                k = quiet(gr.Slider)(1, MAX_K, value=8, step=1, label="How many results")
                 use_teacher = gr.Checkbox(False, label="Rerank the top N with the teacher (slower, more accurate)")
-                n_rerank = gr.Slider(1, 20, value=5, step=1, label="N for teacher rerank")
+                n_rerank = quiet(gr.Slider)(1, MAX_K, value=5, step=1, label="N for teacher rerank")
                 erase = gr.Checkbox(False, label="Erase what is in the box first"
                                     + (f" ({inpainter.method} inpainting)" if inpainter else " (no inpainter)"),
                                     interactive=inpainter is not None, elem_id="erase")
+                gr.Markdown("*Erase* fills the box from the photo around it before the search, for a box drawn "
+                            "over an object you want to replace. It is a smooth guess, not a real background: "
+                            "on boxes larger than about a fifth of the photo, or over textured scenes, it leaves "
+                            "a visible smear (often X-shaped), and the pasted cutout covers only part of it. "
+                            "Leave it off when the box is already on empty background.", elem_id="erase_help")
                 fg_files = gr.File(label="Your own foregrounds (PNG with alpha, or object on white)",
                                    file_count="multiple", file_types=["image"], elem_id="fg_upload")
                 fg_msg = gr.Markdown()
@@ -343,7 +439,7 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                 return st, ",".join(str(v) for v in st.get("clicks_box", ())) or ""
 
             annot.select(click, state, [state, box_text])
-        bg_file.upload(on_upload_bg, bg_file, [annot, erase], api_name="upload_background")
+        bg_file.upload(on_upload_bg, bg_file, [annot, erase, category], api_name="upload_background")
         fg_files.upload(on_upload_fg, [fg_files, state], [state, fg_msg], api_name="upload_foregrounds")
         btn.click(on_search, [annot, box_text, category, k, use_teacher, n_rerank, erase, state],
                   [gallery, table, info, big, fulls], api_name="search", concurrency_limit=2)
@@ -402,12 +498,24 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
 
 
 def main() -> None:
+    """Start the app; a bad setting or weights or library that do not fit end in one ``error:`` line
+    (exit 2), checked before the models load where it can be."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    engine = load_engine()
-    demo = build_demo(engine, load_localizer(), load_inpainter())
+    # the exporter's and Gradio's own deprecation chatter is not for the person starting the app
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        port = check_environment()
+        engine = load_engine()
+        step("loading the localizer and the inpainter")
+        localizer, inpainter = load_localizer(), load_inpainter()
+        demo = build_demo(engine, localizer, inpainter)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    step(f"serving on port {port}")
     demo.queue(default_concurrency_limit=2, max_size=64)
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-                server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), server_port=port,
                 max_file_size="20mb", show_error=True)
 
 

@@ -137,7 +137,8 @@ def bench_retrieval(backend, real, sizes: list[int], k: int, rerank: int, data: 
     def official_pairs():  # both encoders rerun for every pair, then the head (network cost only)
         bp, _ = b.student_bg(bgs, boxes)
         fp, _ = b.student_fg(fg_x)
-        return b.student_head(bp, fp, geom)
+        # every pair has the same background here, and the head's graph takes one bg_part (batch 1)
+        return b.student_head(bp[:1], fp, geom)
 
     def teacher_pairs():  # composite + teacher forward for every pair
         return scoring.teacher(q, fgs)
@@ -241,11 +242,11 @@ def main(argv=None) -> int:
     p.add_argument("what", choices=["retrieval", "latency", "inpaint"])
     p.add_argument("--weights", default="weights")
     p.add_argument("--backend", default=None, help="retrieval: one backend (default auto); latency: a comma list")
-    p.add_argument("--batch", type=cli.int_list, default=[1, 8, 64])
+    p.add_argument("--batch", type=cli.positive_int_list, default=[1, 8, 64], help="latency: batch sizes")
     p.add_argument("--device", default="cpu", help="latency: torch device (cuda adds torch fp32 and fp16 rows)")
     p.add_argument("--library", default=None,
                    help="retrieval: a built library for real feature maps (default: the app's default library)")
-    p.add_argument("--sizes", type=cli.int_list, default=None,
+    p.add_argument("--sizes", type=cli.positive_int_list, default=None,
                    help="retrieval: library sizes (default 1000,10000,100000); inpaint: photo sides (default 320,1024,2048)")
     p.add_argument("--photo", default=os.path.join("assets", "backgrounds", "1_14_s.jpg"), help="inpaint: the photo")
     p.add_argument("--k", type=cli.nonneg_int, default=200)

@@ -39,6 +39,15 @@ def int_list(text: str) -> list[int]:
     return vals
 
 
+def positive_int_list(text: str) -> list[int]:
+    """``1,8,64`` -> [1, 8, 64]; every value at least 1 (a batch or a size of 0 means nothing)."""
+    vals = int_list(text)
+    bad = [v for v in vals if v < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {','.join(map(str, bad))} in {text!r}")
+    return vals
+
+
 def fraction(text: str) -> float:
     try:
         v = float(text)

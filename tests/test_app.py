@@ -167,12 +167,10 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
 
 
 def test_erase_what_is_in_the_box_first(app_url):
-    """An uploaded photo turns erasing on; the search then ranks on, and composites onto, the erased photo."""
+    """With erasing ticked, the search ranks on, and composites onto, the erased photo."""
     if not os.path.isfile(COW_PHOTO):
         pytest.skip("msrc-fos photos not found beside the repository")
     c = Client(app_url, verbose=False)
-    _, erase_on = c.predict(handle_file(COW_PHOTO), api_name="/upload_background")
-    assert erase_on is True
     box = {**BOX, "xmin": 40, "ymin": 40, "xmax": 200, "ymax": 180}  # the cow of 1_18_s
     _, table_keep, info_keep, big_keep = search(c, box=box, image=COW_PHOTO, erase=False)
     _, table_erased, info, big = search(c, box=box, image=COW_PHOTO, erase=True)
@@ -247,3 +245,99 @@ def test_browser_draws_box_and_searches(app_url, tmp_path):
         page.screenshot(path=shot, full_page=True)
         browser.close()
     assert Image.open(shot).size[0] >= 1000
+
+
+def start_app(env_extra: dict, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "GRADIO_SERVER_NAME": "127.0.0.1",
+           "PORT": str(free_port()), **env_extra}
+    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_start_up_settings_are_one_line(tmp_path):
+    """Each bad setting ends the app with one `error:` line (exit 2), not a traceback; the cheap ones are
+    checked before any model loads."""
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "student.safetensors").write_bytes(b"not safetensors at all")
+    (garbage / "teacher.safetensors").write_bytes(b"nor this")
+    empty_lib = tmp_path / "empty_lib"
+    empty_lib.mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "library.json").write_text("{not json")
+    cases = [
+        ({"FOS_BACKEND": "bogus"}, "FOS_BACKEND must be auto or one of torch, onnxruntime, tensorrt, got 'bogus'"),
+        ({"PORT": "abc"}, "PORT must be a port number such as 7860, got 'abc'"),
+        ({"FOS_INPAINT": "paint"}, "FOS_INPAINT must be one of"),
+        ({"FOS_THREADS": "two"}, "FOS_THREADS must be a whole number"),
+        ({"FOS_WEIGHTS": str(tmp_path / "nowhere")}, "is not a folder"),
+        ({"FOS_WEIGHTS": str(garbage)}, "could not be read as weights"),
+        ({"FOS_LIBRARY": str(tmp_path / "nolib")}, "FOS_LIBRARY="),
+        ({"FOS_LIBRARY": str(empty_lib)}, "is not a foreground library"),
+        ({"FOS_LIBRARY": str(corrupt)}, "is corrupt or incomplete"),
+    ]
+    for env, msg in cases:
+        r = start_app(env)
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], (env, r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr, (env, r.stderr[-2000:])
+
+
+def test_library_of_other_weights_is_refused_at_start(tmp_path):
+    from fos.library import write_library
+    from fos.runtime import TorchBackend
+    from tests.conftest import save_tiny
+
+    w = save_tiny(tmp_path / "tiny")
+    src = tmp_path / "src" / "cow"
+    src.mkdir(parents=True)
+    Image.open(os.path.join(ROOT, "assets", "library", "cow", os.listdir(os.path.join(ROOT, "assets", "library", "cow"))[0])).save(src / "a.png")
+    write_library(TorchBackend(w), str(tmp_path / "src"), str(tmp_path / "lib"), progress=False)
+    r = start_app({"FOS_LIBRARY": str(tmp_path / "lib"), "FOS_BACKEND": "torch"})
+    assert r.returncode == 2 and "built with other weights" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_raw_requests_get_clear_messages(app_url, tmp_path):
+    """Files and values sent straight to the endpoints: one message each, no server path, no traceback
+    in the log (the fixture checks the log when the app stops)."""
+    c = Client(app_url, verbose=False)
+    for name, data in (("garbage.jpg", b"\x00garbage" * 50), ("empty.png", b""),
+                       ("truncated.png", open(BG, "rb").read()[:300])):
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(Exception) as e:
+            search(c, image=str(p))
+        text = str(e.value)
+        assert f"'{name}'" in text and "/tmp" not in text and "gradio" not in text.lower(), text
+    # a decompression bomb: 20000 x 20000 pixels in a small PNG, refused from its header
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (20000, 20000), 0).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 2_000_000
+    with pytest.raises(Exception, match="400 MP, over the limit of 40 MP"):
+        search(c, image=str(bomb))
+    for kw, msg in [(dict(k=0), "how many results must be a whole number from 1 to 20, got 0"),
+                    (dict(k=-5), "got -5"), (dict(k=1000), "got 1000"), (dict(k=2.7), "got 2.7"),
+                    (dict(k="abc"), "got 'abc'"), (dict(category="unicorn"), "category 'unicorn' has no cutouts")]:
+        with pytest.raises(Exception, match=msg):
+            search(c, **kw)
+    with pytest.raises(Exception, match="N for the teacher rerank must be a whole number from 0 to 20, got 0.5"):
+        c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 5, True, 0.5, False, api_name="/search")
+    # more foregrounds than a session keeps: the message says how many were left out
+    rgba = Image.new("RGBA", (30, 20), (0, 0, 0, 0))
+    rgba.paste(Image.new("RGBA", (20, 10), (200, 30, 30, 255)), (5, 5))
+    files = []
+    for i in range(25):
+        rgba.save(tmp_path / f"fg{i:02d}.png")
+        files.append(handle_file(str(tmp_path / f"fg{i:02d}.png")))
+    msg = c.predict(files, api_name="/upload_foregrounds")
+    assert "20 foreground(s) encoded" in msg and "only the first 20 of 25 files are used, 5 left out" in msg
+    assert len(search(c)[0]) == 5  # still serving
+
+
+def test_upload_starts_with_no_box_no_erase_and_no_category(app_url):
+    c = Client(app_url, verbose=False)
+    annot, erase, category = c.predict(handle_file(BG), api_name="/upload_background")
+    assert annot["boxes"] == [] and erase is False and category is None
+    with pytest.raises(Exception, match="no box"):
+        c.predict({"image": handle_file(BG), "boxes": annot["boxes"]}, "", "cow", 5, False, 3, False,
+                  api_name="/search")

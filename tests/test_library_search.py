@@ -184,6 +184,41 @@ def test_other_weights_and_corruption_are_errors(fosd_lib, tmp_path):
         Library(str(bad))
 
 
+def test_non_finite_shard_is_refused_with_its_name(fosd_lib, tmp_path, student_path, capsys):
+    """A shard that is a valid .npy full of NaN used to give every score NaN and a ranking in file order."""
+    import shutil
+
+    out, _ = fosd_lib
+    nan = tmp_path / "nan"
+    shutil.copytree(out, nan)
+    shard = json.load(open(nan / "library.json"))["shards"][0]
+    emb_file = nan / "shards" / f"{shard}.emb.npy"
+    emb = np.load(emb_file)
+    emb[3] = np.nan
+    np.save(emb_file, emb)
+    with pytest.raises(LibraryError, match=f"shard {shard} holds non-finite features .* for 1 of 18 items"):
+        Library(str(nan))
+    assert search_main(["--library", str(nan), "--weights", student_path, "--background", "x.jpg",
+                        "--box", "1,1,50,50", "--category", "cat"]) == 2
+    assert "non-finite" in capsys.readouterr().err
+
+
+def test_non_finite_features_are_refused_at_build(data_root, tmp_path, student_path):
+    root, _ = _copy_test(data_root, tmp_path / "src", cats=("cat",))
+    backend = load_student(student_path)
+    with torch.no_grad():
+        next(backend.s.fg_encoder.parameters()).fill_(float("nan"))
+    with pytest.raises(LibraryError, match="non-finite features"):
+        write_library(backend, str(root), str(tmp_path / "lib"), progress=False)
+    assert not (tmp_path / "lib" / "library.json").exists()
+
+
+def test_interrupted_build_says_how_to_resume(tmp_path):
+    (tmp_path / "lib" / ".pending").mkdir(parents=True)
+    with pytest.raises(LibraryError, match="interrupted build .* again to resume it"):
+        Library(str(tmp_path / "lib"))
+
+
 def test_ranking_without_prefilter_equals_pairwise_scoring(fosd_lib, student_path, data_root):
     out, root = fosd_lib
     backend = load_student(student_path)

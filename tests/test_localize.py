@@ -352,3 +352,13 @@ def test_bad_weights_and_folders_are_clear_errors(tmp_path, capsys):
     assert main(["--images", str(tmp_path / "nope"), "--category", "cow", "--json", str(tmp_path / "o.json")]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.json")  # nothing written on failure
+    # a folder of only unreadable files is an error, not an empty {} and exit 0
+    save_localizer(model, w)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"not a jpeg")
+    (junk / "b.png").write_bytes(b"")
+    assert main(["--images", str(junk), "--category", "cow", "--json", str(tmp_path / "o.json"), "--weights", w]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 images" in err and "a.jpg" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "o.json")

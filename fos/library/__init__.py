@@ -159,6 +159,10 @@ class Library:
         meta_path = os.path.join(root, "library.json")
         rebuild = "rebuild it with `python -m fos.library build --src SRC --out NEW_FOLDER`"
         if not os.path.isfile(meta_path):
+            if os.path.isdir(os.path.join(root, ".pending")):
+                raise LibraryError(f"{root} holds an interrupted build (no library.json yet, its work is staged in "
+                                   f"{os.path.join(root, '.pending')}): run the same `python -m fos.library build "
+                                   f"--src SRC --out {root}` again to resume it")
             raise LibraryError(f"{root} is not a foreground library (no library.json); build one with "
                                "`python -m fos.library build --src DIR --out LIB`")
         try:
@@ -167,11 +171,13 @@ class Library:
             items, embs, fmaps = [], [], []
             for shard in self.meta["shards"]:
                 base = os.path.join(root, "shards", shard)
-                with open(base + ".json", encoding="utf-8") as f:
-                    items += json.load(f)
-                embs.append(np.load(base + ".emb.npy"))
-                fmaps.append(np.load(base + ".fmap.npy"))
+                shard_items, emb, fmap = _read_arrays(base)
+                items += shard_items
+                embs.append(emb)
+                fmaps.append(fmap)
             count, wsha = self.meta["count"], self.meta["weights_sha256"]
+        except LibraryError as e:
+            raise LibraryError(f"library {root} is corrupt: {e}; {rebuild}") from None
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             raise LibraryError(f"library {root} is corrupt or incomplete ({type(e).__name__}: {e}); {rebuild}") from e
         self.items = items
@@ -268,6 +274,8 @@ def encode_items(backend, items: list[SourceItem], lib_root: str, progress: bool
     if not kept:
         return [], None, None, failed
     fmap, emb = scoring.encode_foregrounds(images)
+    check_finite(f"the features that {getattr(backend, 'description', 'the backend')} computed", emb, fmap,
+                 [it["id"] for it in kept])
     return kept, emb, fmap, failed
 
 
@@ -277,10 +285,25 @@ def _write_arrays(base: str, items, emb, fmap) -> None:
     atomic_write_json(base + ".json", items)  # written last: a part exists once its json does
 
 
+def check_finite(what: str, emb: np.ndarray, fmap: np.ndarray, ids) -> None:
+    """Refuse features with NaN or infinity (they would rank in file order with every score NaN)."""
+    bad = ~(np.isfinite(emb).reshape(len(emb), -1).all(1) & np.isfinite(fmap).reshape(len(fmap), -1).all(1))
+    if bad.any():
+        names = [ids[i] for i in np.nonzero(bad)[0][:3]] if len(ids) == len(bad) else []
+        raise LibraryError(f"{what} holds non-finite features (NaN or infinity) for {int(bad.sum())} of {len(bad)} "
+                           f"items{' (e.g. ' + ', '.join(map(str, names)) + ')' if names else ''}")
+
+
 def _read_arrays(base: str):
+    """A shard or staged part: (items, emb, fmap), checked for length and finite values."""
     with open(base + ".json", encoding="utf-8") as f:
         items = json.load(f)
-    return items, np.load(base + ".emb.npy"), np.load(base + ".fmap.npy")
+    emb, fmap = np.load(base + ".emb.npy"), np.load(base + ".fmap.npy")
+    name = f"shard {os.path.basename(base)}"
+    if not (len(items) == len(emb) == len(fmap)):
+        raise LibraryError(f"{name} has {len(items)} items, {len(emb)} embeddings and {len(fmap)} feature maps")
+    check_finite(name, emb, fmap, [it.get("id") if isinstance(it, dict) else None for it in items])
+    return items, emb, fmap
 
 
 def write_library(backend, src: str, out: str, mode: str = "build", batch_size: int = BATCH,

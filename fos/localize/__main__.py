@@ -54,6 +54,9 @@ def run(a) -> int:
             problems.append(f"{f}: {e}")
             continue
         out[f] = res.to_json()
+    if not out:  # nothing to write: an empty {} would look like a run that found nothing
+        raise InputError(f"none of the {len(files)} images in {a.images} could be read, nothing was written "
+                         f"({problems[0]}{'; ...' if len(problems) > 1 else ''})")
     cli.write_json(a.json, out)
     if a.masks:
         print(f"wrote {len(out)} masks to {os.path.abspath(a.masks)}")

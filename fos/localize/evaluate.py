@@ -128,7 +128,8 @@ def figure(locs: list[Localizer], names: list[str], photos: list[Photo], path: s
     from fos.localize.infer import draw_localization
 
     cell, row = 200, 140
-    single = [ph for ph in photos if len(ph.labels) == 1]
+    # photos of one class that every localizer knows (a root may hold classes it was not trained on)
+    single = [ph for ph in photos if len(ph.labels) == 1 and all(ph.labels[0] in loc.classes for loc in locs)]
     chosen = single[:: max(1, len(single) // n)][:n]
     cols = 2 + len(locs)
     sheet = Image.new("RGB", (cols * cell, len(chosen) * row + 20), (255, 255, 255))
@@ -161,8 +162,9 @@ def fmt(v) -> str:
 
 def run(a) -> int:
     t0 = time.time()
-    test = load_photo_roots(a.data, a.split)
-    train = load_photo_roots(a.data, "train")
+    limit = (lambda phs: phs[:a.limit]) if a.limit else (lambda phs: phs)
+    test = limit(load_photo_roots(a.data, a.split))
+    train = limit(load_photo_roots(a.data, "train"))
     if not test:
         raise InputError(f"no {a.split} photos in {a.data}")
     rel = mean_relative_size(train)
@@ -190,7 +192,7 @@ def run(a) -> int:
     if methods and locs:
         loc = locs[-1]
         masks["train"] = mask_table(loc, train, methods, per_sample if a.split == "train" else None)
-        masks["test"] = mask_table(loc, load_photo_roots(a.data, "test"), methods,
+        masks["test"] = mask_table(loc, limit(load_photo_roots(a.data, "test")), methods,
                                    per_sample if a.split == "test" else None)
         print(f"\nBox to mask (mean mask IoU inside the box; boxes and CAM of {a.weights[-1]})\n")
         print("| method | train, true box | train, localized box | test, true box | test, localized box |")
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"box-to-mask methods to compare (default {','.join(METHODS)}; empty to skip)")
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="photos to score (train: for choosing among variants without looking at test)")
+    p.add_argument("--limit", type=cli.nonneg_int, default=0, help="only the first N photos of each split (0: all)")
     p.add_argument("--json", default=None, help="write every number here")
     p.add_argument("--figure", default=None, help="also draw photos, CAMs, boxes and cutouts into this PNG")
     cli.add_threads(p)
