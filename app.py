@@ -258,30 +258,23 @@ def load_inpainter():
     return inp
 
 
-def quiet(cls):
-    """``cls`` (a Gradio component) with the app's own input checks: its value reaches the handler
-    unchecked (a handler of :func:`build_demo` checks it and answers one line), where Gradio's checks
-    would answer with their own words and print a traceback to the server log for each bad value."""
-    class Quiet(cls):
-        is_template = True  # the page draws it as ``cls``
-
-        def preprocess(self, payload):
-            return payload
-
-    Quiet.__name__ = Quiet.__qualname__ = "Quiet" + cls.__name__
-    return Quiet
+def quiet(component):
+    """``component`` (a Gradio input) with the app's own checks: its value reaches the handler unchecked
+    (a handler of :func:`build_demo` checks it and answers one line), where Gradio's checks would answer
+    in their own words and print a traceback to the server log for each bad value. The override is on
+    the instance, so the page draws the component as usual."""
+    component.preprocess = lambda payload: payload
+    return component
 
 
-if HAVE_ANNOTATOR:
-    class PathAnnotator(image_annotator):
-        """The box annotator, handing the handler the uploaded file's path undecoded: ``load_image``
-        then checks its size from the header before decoding (a decompression bomb is refused at once)
-        and names only the file in its errors (the annotator's own decoding answered with a server
-        path). EXIF orientation is applied after loading, as the annotator does."""
-        is_template = True
-
-        def preprocess_image(self, image):
-            return None if image is None else str(image.path)
+def path_annotator(**kw):
+    """The box annotator, handing the handler the uploaded file's path undecoded: ``load_image`` then
+    checks its size from the header before decoding (a decompression bomb is refused at once) and names
+    only the file in its errors (the annotator's own decoding answered with a server path). EXIF
+    orientation is applied after loading (:func:`open_background`), as the annotator does."""
+    annot = image_annotator(**kw)
+    annot.preprocess_image = lambda image: None if image is None else str(image.path)
+    return annot
 
 
 def open_background(src):
@@ -376,7 +369,7 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                         value = {"image": first["image"], "boxes": [{"xmin": b[0], "ymin": b[1], "xmax": b[2],
                                                                       "ymax": b[3], "label": "object",
                                                                       "color": (255, 64, 64)}]}
-                    annot = PathAnnotator(value=value, label="Background: drag to draw the box", single_box=True,
+                    annot = path_annotator(value=value, label="Background: drag to draw the box", single_box=True,
                                             sources=[], image_type="numpy", label_list=["object"],
                                             label_colors=[(255, 64, 64)], show_download_button=False, disable_edit_boxes=True,
                                             elem_id="annotator")
@@ -387,11 +380,11 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                 box_text = gr.Textbox(label="or type the box: x1,y1,x2,y2 (pixels)", placeholder="e.g. 80,44,253,176",
                                       elem_id="box_text")
             with gr.Column(scale=2):
-                category = quiet(gr.Dropdown)(cats, value=(examples[0]["category"] if examples else None),
-                                              label="Category", elem_id="category")
-                k = quiet(gr.Slider)(1, MAX_K, value=8, step=1, label="How many results")
+                category = quiet(gr.Dropdown(cats, value=(examples[0]["category"] if examples else None),
+                                              label="Category", elem_id="category"))
+                k = quiet(gr.Slider(1, MAX_K, value=8, step=1, label="How many results"))
                 use_teacher = gr.Checkbox(False, label="Rerank the top N with the teacher (slower, more accurate)")
-                n_rerank = quiet(gr.Slider)(1, MAX_K, value=5, step=1, label="N for teacher rerank")
+                n_rerank = quiet(gr.Slider(1, MAX_K, value=5, step=1, label="N for teacher rerank"))
                 erase = gr.Checkbox(False, label="Erase what is in the box first"
                                     + (f" ({inpainter.method} inpainting)" if inpainter else " (no inpainter)"),
                                     interactive=inpainter is not None, elem_id="erase")
