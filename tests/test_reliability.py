@@ -141,7 +141,7 @@ def test_thread_count_default_and_override(monkeypatch):
 
 # --------------------------------------------------------------------------- layers
 LAYERS = [  # a module may import only from its own layer or the ones above it in this list
-    {"fos.config", "fos.threads", "fos.registry", "fos.checkpoint", "fos.weights", "fos.preprocess",
+    {"fos.config", "fos.threads", "fos.registry", "fos.checkpoint", "fos.weights", "fos.preprocess", "fos.photometric",
      "fos.models", "fos.data", "fos.examples", "fos.localize.data", "fos.localize.model", "fos.localize.metrics",
      "fos.localize.masks", "fos.localize.infer", "fos.inpaint.model", "fos.inpaint.masks", "fos.inpaint.metrics",
      "fos.inpaint.infer"},

@@ -11,6 +11,7 @@ from fos.evaluate import (
     MATCHED_TOL, TRAINED, __doc__ as DOC, average_runs, evaluate, evaluate_matched, format_table, make_scorer,
 )
 from fos.evaluate.baselines import BASELINES
+from fos.evaluate.harmony import N_CASTS, evaluate_harmony
 from fos.preprocess import COMPOSITES
 
 
@@ -28,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composite", default="stretch", choices=COMPOSITES,
                    help="teacher: stretch (DiscoFOS's composite, what it was trained on) or fit (what the app shows)")
     p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")
-    p.add_argument("--protocol", default="standard", choices=["standard", "matched"],
+    p.add_argument("--protocol", default="standard", choices=["standard", "matched", "harmony"],
                    help="matched: candidates of about the true cutout's aspect, all resampled to its pixel area "
-                        "(leak-free; loose boxes, --box-jitter 0.5 unless given)")
+                        "(leak-free; loose boxes, --box-jitter 0.5 unless given); harmony: the query's own cutout "
+                        "under several photos' colour casts, the background moved to one of them (loose boxes)")
+    p.add_argument("--casts", type=cli.positive_int, default=N_CASTS, help="harmony: candidates (colour casts) per query")
     p.add_argument("--aspect-tol", type=float, default=MATCHED_TOL, help="matched: aspect-ratio factor of the candidates")
     p.add_argument("--box-jitter", type=cli.fraction, default=0.0,
                    help="loose-box protocol: enlarge boxes by up to this fraction")
@@ -55,6 +58,9 @@ def run(a) -> int:
     if a.protocol == "matched":
         jitter = a.box_jitter if a.box_jitter > 0 else 0.5
         runs = [evaluate_matched(ts, scorer, jitter, sd, a.aspect_tol, cats) for sd in seeds]
+    elif a.protocol == "harmony":
+        jitter = a.box_jitter if a.box_jitter > 0 else 0.5
+        runs = [evaluate_harmony(ts, scorer, jitter, sd, a.casts, cats) for sd in seeds]
     else:
         runs = [evaluate(ts, scorer, a.box_jitter, sd, a.threshold, cats) for sd in seeds]
     res = average_runs(runs)
@@ -64,8 +70,8 @@ def run(a) -> int:
     print(format_table(res))
     if "chance@1" in res:
         print(f"recall@1 {res['recall@1']:.3f} against chance {res['chance@1']:.3f}; recall@3 {res['recall@3']:.3f} "
-              f"against chance {res['chance@3']:.3f} ({res['n_queries']} queries, {res['n_skipped']} with a single "
-              "candidate skipped)")
+              f"against chance {res['chance@3']:.3f} ({res['n_queries']} queries, {res['n_skipped']} skipped: "
+              + ("too few distinct casts" if a.protocol == "harmony" else "a single candidate") + ")")
     if len(seeds) > 1:
         print(f"over box seeds {seeds}: " + ", ".join(f"{k} {res[k]:.3f} ± {v:.3f}" for k, v in res["seed_std"].items()))
     if a.json:
