@@ -107,6 +107,12 @@ class TrainCfg(Cfg):
     num_neg: int = 3  # negatives per background
     neg_bg: int = 0  # also score the positive cutout on this many other backgrounds of its class, as negatives
     hard_neg: float = 0.0  # chance that a negative is drawn from the 2*num_neg closest in aspect ratio to the box
+    # negatives that differ from the positive only in lighting: the positive cutout under another random
+    # photometric change (fos.photometric.random_change) than the one its background and the positive share
+    # (relight_prob), so that "the untouched cutout is the positive" cannot be learned; with it on, the
+    # positive's colour jitter is off (it taught the models to ignore a lighting mismatch), blur stays
+    neg_relight: int = 0
+    relight_prob: float = 0.8  # chance that a background and its positive get one shared random change
     lr: float = 3e-4  # backbone stages
     head_lr_mult: float = 10.0  # projections, heads and geometry weights learn this much faster
     geom_prior: float = 4.0  # init the geometry weights at [0, 0, -geom_prior, 0, -scale_prior]: start from

@@ -116,6 +116,35 @@ def test_negative_backgrounds(data_root):
         T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, kd_on="pixels"))
 
 
+def test_relit_negatives_differ_from_the_positive_only_in_lighting(data_root):
+    """neg_relight: the positive cutout under another photometric change, on the same background; the
+    background and its positive share one change, so the untouched cutout is not the answer."""
+    from torch.utils.data import default_collate
+
+    from fos.config import PreprocessCfg
+    from fos.data import load_train
+
+    recs = [r for r in load_train(data_root) if r.category == "cow"][:3]
+    c = cfg(data_root, "unused", num_neg=1, neg_relight=2, relight_prob=1.0, aug_prob=0.0, box_jitter=0.0)
+    ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
+    item = ds[0]
+    assert item["label"].tolist() == [1.0, 0.0, 0.0, 0.0] and item["fg"].shape[0] == 4
+    pos, relit = item["fg"][0], item["fg"][2:]
+    white = (pos == 1.0).all(0)  # the cutout's white surround (normalised 255 -> 1) stays white in every copy
+    for x in relit:
+        assert (x[:, white] == 1.0).all() and (x - pos).abs()[:, ~white].mean() > 0.01
+    assert torch.equal(item["geom"][2], item["geom"][0])  # same cutout, same box: same geometry
+    # the background was changed too: it differs from the stored photo outside the box
+    plain = T.PairDataset(recs, cfg(data_root, "unused", num_neg=1, aug_prob=0.0, box_jitter=0.0), PreprocessCfg(),
+                          student_inputs=True)[0]
+    assert not torch.equal(item["bg"], plain["bg"])
+    assert torch.equal(T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)[0]["fg"], item["fg"])  # seeded
+    batch = default_collate([ds[0], ds[1]])
+    student, teacher = build_model("student", pretrained=False), build_model("teacher", pretrained=False)
+    parts = T.step_losses("student", student, teacher, batch, c)
+    assert all(torch.isfinite(v) for v in parts.values())
+
+
 def test_hard_negatives_are_the_closest_in_aspect(data_root):
     from fos.config import PreprocessCfg
     from fos.data import load_train

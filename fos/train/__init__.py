@@ -23,8 +23,10 @@ from tqdm import tqdm
 from fos.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from fos.config import PreprocessCfg, TrainCfg
 from fos.data import DatasetError, TrainRecord, load_train_roots
+from fos.photometric import apply as apply_change, outside_box, random_change
 from fos.preprocess import (
-    foreground_input, geometry_batch, jitter_box, load_image, norm_to_pixel_box, prepare_background, teacher_input,
+    foreground_input, foreground_mask, geometry_batch, jitter_box, load_image, norm_to_pixel_box, prepare_background,
+    teacher_input,
 )
 from fos.threads import set_threads
 from fos.models.discofos import geometry_term
@@ -66,8 +68,9 @@ class PairDataset(Dataset):
         return len(self.records)
 
     def _augment(self, img: Image.Image, rng: random.Random) -> Image.Image:
-        """Colour jitter or Gaussian blur (the paper's R-FOSD positive augmentation)."""
-        if rng.random() < 0.5:
+        """Colour jitter or Gaussian blur (the paper's R-FOSD positive augmentation); blur alone with
+        ``neg_relight``, where a lighting mismatch is what the negatives teach."""
+        if rng.random() < 0.5 and not self.cfg.neg_relight:
             for enh in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
                 img = enh(img).enhance(rng.uniform(0.7, 1.3))
             return img
@@ -76,7 +79,11 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int):
         rng = random.Random((self.cfg.seed * 1_000_003 + self.epoch) * 1_000_003 + i)
         r = self.records[i]
-        prep = self._background(r, rng)
+        shared = nrng = None
+        if self.cfg.neg_relight:  # one change for the background and its positive, others for the relit negatives
+            nrng = np.random.default_rng(rng.getrandbits(63))
+            shared = random_change(nrng) if rng.random() < self.cfg.relight_prob else None
+        prep = self._background(r, rng, shared)
         pos_name = rng.choice([r.name, *r.similars])
         pool = self.neg_pool[i]
         negs = [pool[j % len(pool)] for j in rng.sample(range(max(len(pool), self.cfg.num_neg)), self.cfg.num_neg)] if pool else []
@@ -91,13 +98,22 @@ class PairDataset(Dataset):
             fg = self._rescale(load_image(self.by_name[name].fg_path, what="foreground"), rng)
             if j == 0 and rng.random() < self.cfg.aug_prob:
                 fg = self._augment(fg, rng)
+            if j == 0 and self.cfg.neg_relight:
+                plain, mask = fg, foreground_mask(fg)
+                fg = apply_change(fg, shared, mask) if shared is not None else fg
             if j == 0:
                 pos_img = fg
             comps.append(teacher_input(prep, fg, self.pcfg))
             geoms.append(torch.from_numpy(geometry_batch(prep.box, [fg.size])[0]))
             if self.student_inputs:
                 fgs.append(foreground_input(fg, self.pcfg))
-        labels = [1.0] + [0.0] * len(negs)
+        for _ in range(self.cfg.neg_relight):  # the positive under another change: only its fit tells it apart
+            fg = apply_change(plain, random_change(nrng), mask)
+            comps.append(teacher_input(prep, fg, self.pcfg))
+            geoms.append(torch.from_numpy(geometry_batch(prep.box, [fg.size])[0]))
+            if self.student_inputs:
+                fgs.append(foreground_input(fg, self.pcfg))
+        labels = [1.0] + [0.0] * (len(negs) + self.cfg.neg_relight)
         others = self._other_backgrounds(i, rng) if self.cfg.neg_bg > 0 else []
         if not self.student_inputs:  # teacher: composites of the positive on other backgrounds, negatives
             for oprep in others:
@@ -131,11 +147,15 @@ class PairDataset(Dataset):
         return [self._background(self.by_name[pool[j % len(pool)]], rng)
                 for j in rng.sample(range(max(len(pool), self.cfg.neg_bg)), self.cfg.neg_bg)]
 
-    def _background(self, r: TrainRecord, rng: random.Random):
-        """``r``'s background with its box jittered (``box_jitter``), prepared for both models."""
+    def _background(self, r: TrainRecord, rng: random.Random, change=None):
+        """``r``'s background with its box jittered (``box_jitter``) and, given a photometric ``change``,
+        its pixels outside the box changed, prepared for both models."""
         bg = load_image(r.bg_path, what="background")
         w, h = bg.size
-        return prepare_background(bg, jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, self.cfg.box_jitter, rng), self.pcfg)
+        box = jitter_box(norm_to_pixel_box(r.bbox, w, h), w, h, self.cfg.box_jitter, rng)
+        if change is not None:
+            bg = apply_change(bg, change, outside_box(bg.size, box))
+        return prepare_background(bg, box, self.pcfg)
 
 
 class ResumableSampler(Sampler):
@@ -211,7 +231,7 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     flat = lambda t: t.reshape(b * k, *t.shape[2:])  # noqa: E731
     if kind == "teacher":
         _, logit = model(flat(comp), flat(geom))
-        loss = bce(logit, flat(label), cfg.num_neg + cfg.neg_bg)
+        loss = bce(logit, flat(label), cfg.num_neg + cfg.neg_bg + cfg.neg_relight)
         return {"loss": loss, "bce": loss}
     roi, bg_emb = model.encode_background(batch["bg"], batch["crop_box"])  # (B, D, a, a), (B, E)
     fmap, fg_emb = model.encode_foreground(flat(batch["fg"]))  # (B*K, D, a, a), (B*K, E)
@@ -231,7 +251,7 @@ def step_losses(kind, model, teacher, batch, cfg: TrainCfg) -> dict[str, torch.T
     parts = {
         "triplet": triplet_loss(bg_emb, fg_emb[:, 0], fg_emb[:, 1:], cfg.triplet_margin),
         "distill": F.l1_loss(feat, target),
-        "bce": bce(logit, label, cfg.num_neg + cfg.neg_bg),
+        "bce": bce(logit, label, cfg.num_neg + cfg.neg_bg + cfg.neg_relight),
     }
     parts["loss"] = cfg.w_triplet * parts["triplet"] + cfg.w_distill * parts["distill"] + cfg.w_bce * parts["bce"]
     with torch.no_grad():  # share of head units above zero on this batch's pairs (0: a dead head, see ModelCfg.head_act)
