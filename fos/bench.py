@@ -132,7 +132,9 @@ def bench_retrieval(backend, real, sizes: list[int], k: int, rerank: int, data: 
     bgs = np.stack([q.bg.tensor.numpy()] * len(fgs))
     boxes = np.stack([q.bg.crop_box_net.numpy()] * len(fgs))
     fg_x = np.stack([foreground_input(im, b.preprocess_cfg).numpy() for im in fgs])  # inputs made once
-    geom = scoring.geometry(q, [im.size for im in fgs])
+    from fos.preprocess import foreground_colour
+
+    geom = scoring.geometry(q, [im.size for im in fgs], [foreground_colour(im) for im in fgs])
 
     def official_pairs():  # both encoders rerun for every pair, then the head (network cost only)
         bp, _ = b.student_bg(bgs, boxes)

@@ -88,6 +88,11 @@ class ModelCfg(Cfg):
     # head is a sum of a background half and a cutout half; with a leaky unit that is nearly linear, so
     # its appearance logit ranks the cutouts of a category the same way for every photo.
     interaction: bool = True
+    # a photometric term beside the geometry term (fos.models.discofos.PhotometricTerm): a small MLP on
+    # the CIELAB mean and spread of the context ring around the box and of the cutout's object pixels
+    # (columns 5-16 of fos.preprocess.geometry_batch; the cutout's are cached per library item)
+    photometric: bool = False
+    photometric_hidden: int = 32
     align_size: int = 7  # RoIAlign output size
     sampling_ratio: int = 2  # RoIAlign samples per bin side; <= 0 means adaptive (torchvision's -1)
 

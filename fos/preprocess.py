@@ -165,15 +165,52 @@ def scale_box(box: Box, width: int, height: int, size: int) -> list[float]:
             float(int(x2 / width * size)), float(int(y2 / height * size))]
 
 
-GEOMETRY_DIM = 5  # width of the geometry vector; models made before the scale terms read the first 3
+SHAPE_DIM = 5  # the geometry columns (shape and size); models made before the scale terms read the first 3
+COLOUR_DIM = 6  # CIELAB mean and spread of a pixel set (colour_stats)
+GEOMETRY_DIM = SHAPE_DIM + 2 * COLOUR_DIM  # width of the pair vector the graphs take as ``geom``
 
 
-def geometry_batch(box: Box, fg_sizes) -> np.ndarray:
-    """Geometry of N foregrounds of pixel sizes ``fg_sizes`` (N, 2) against ``box``: float32 (N, 5).
+def colour_stats(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 RGB -> float32 (6,): CIELAB mean and standard deviation of L/100, a/128, b/128."""
+    import cv2
 
-    Columns: log box aspect, log foreground aspect, |aspect difference| (shape), then
+    px = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3)
+    if len(px) == 0:
+        return np.full(COLOUR_DIM, np.nan, np.float32)
+    if len(px) > 20000:  # a fixed, even subsample: the statistics of a big region barely move
+        px = px[:: len(px) // 20000 + 1]
+    lab = cv2.cvtColor(px[None].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[0] / np.float32([100, 128, 128])
+    return np.concatenate([lab.mean(0), lab.std(0)]).astype(np.float32)
+
+
+def foreground_colour(fg: Image.Image, mask=None) -> np.ndarray:
+    """Colour statistics (6,) of a cutout's object pixels (what a library caches per item)."""
+    img = fg if isinstance(fg, Image.Image) else load_image(fg, "RGBA", what="foreground")
+    m = foreground_mask(img, mask)
+    return colour_stats(np.asarray(img.convert("RGB"))[m])
+
+
+def ring_pixels(filled: Image.Image, box: Box, crop_box: Box) -> np.ndarray:
+    """The pixels (N, 3) of ``crop_box`` outside ``box``: the context around the box."""
+    arr = np.asarray(filled)
+    cx1, cy1, cx2, cy2 = crop_box
+    x1, y1, x2, y2 = box
+    ring = np.ones((cy2 - cy1, cx2 - cx1), bool)
+    ring[y1 - cy1:y2 - cy1, x1 - cx1:x2 - cx1] = False
+    region = arr[cy1:cy2, cx1:cx2][ring]
+    return region if len(region) else arr.reshape(-1, 3)  # the box fills the whole image: the whole image
+
+
+def geometry_batch(box: Box, fg_sizes, ring_colour=None, fg_colours=None) -> np.ndarray:
+    """The pair vector of N foregrounds of pixel sizes ``fg_sizes`` (N, 2) against ``box``: float32
+    (N, :data:`GEOMETRY_DIM`).
+
+    Columns 0-4, geometry: log box aspect, log foreground aspect, |aspect difference| (shape), then
     log(box area / foreground area) / 2 and its absolute value (resolution: how much the cutout is
-    scaled to fill the box; a cutout blown up far past its own pixels looks soft).
+    scaled to fill the box; a cutout blown up far past its own pixels looks soft). Columns 5-10: the
+    colour statistics of the context ring around the box (``ring_colour``, :func:`colour_stats`);
+    11-16: those of each foreground's object pixels (``fg_colours`` (N, 6)). Colour columns not given
+    are NaN, which a model with a photometric term refuses; the others never read them.
     """
     x1, y1, x2, y2 = box
     bw, bh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
@@ -182,7 +219,12 @@ def geometry_batch(box: Box, fg_sizes) -> np.ndarray:
     lb = np.full(len(sz), math.log(bw / bh))
     lf = np.log(fw / fh)
     ls = 0.5 * np.log(bw * bh / (fw * fh))
-    return np.stack([lb, lf, np.abs(lb - lf), ls, np.abs(ls)], 1).astype(np.float32)
+    shape = np.stack([lb, lf, np.abs(lb - lf), ls, np.abs(ls)], 1)
+    ring = np.full((len(sz), COLOUR_DIM), np.nan) if ring_colour is None else \
+        np.tile(np.asarray(ring_colour, np.float64).reshape(1, COLOUR_DIM), (len(sz), 1))
+    fgc = np.full((len(sz), COLOUR_DIM), np.nan) if fg_colours is None else \
+        np.asarray(fg_colours, np.float64).reshape(len(sz), COLOUR_DIM)
+    return np.concatenate([shape, ring, fgc], 1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -239,6 +281,7 @@ class PreparedBackground:
     tensor: torch.Tensor  # 3xSxS student background input
     crop_box_net: torch.Tensor  # (4,) crop box in the student input's pixels, for RoIAlign
     view_box: Box = (0, 0, 0, 0)  # what the student input shows, pixels of the original image
+    ring_colour: np.ndarray | None = None  # (6,) colour statistics of the crop around the box (colour_stats)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -257,7 +300,8 @@ def prepare_background(bg, box, cfg: PreprocessCfg = DEFAULT_CFG) -> PreparedBac
     tensor = to_tensor(resize_square(filled.crop(view) if view != (0, 0, w, h) else filled, cfg.image_size), cfg)
     crop_in_view = (crop[0] - vx, crop[1] - vy, crop[2] - vx, crop[3] - vy)
     crop_net = torch.tensor(scale_box(crop_in_view, view[2] - vx, view[3] - vy, cfg.image_size), dtype=torch.float32)
-    return PreparedBackground(img, filled, box, crop, tensor, crop_net, view)
+    ring = colour_stats(ring_pixels(filled, box, crop))
+    return PreparedBackground(img, filled, box, crop, tensor, crop_net, view, ring)
 
 
 def foreground_input(fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:

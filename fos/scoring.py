@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fos.preprocess import PreparedBackground, foreground_input, geometry_batch, prepare_background, teacher_input
+from fos.preprocess import (
+    SHAPE_DIM, InputError, PreparedBackground, foreground_colour, foreground_input, geometry_batch, prepare_background,
+    teacher_input,
+)
 from fos.runtime import Backend
 
 
@@ -67,20 +70,30 @@ class Scoring:
         return np.concatenate(parts), np.concatenate(embs)
 
     @staticmethod
-    def geometry(q: Query | PreparedBackground, sizes, appearance_only: bool = False) -> np.ndarray:
-        """(N, 5) geometry of foregrounds of pixel ``sizes`` (N, 2) against the query box; zeros
-        switch the (bias-free) geometry term off (the appearance-only ablation)."""
-        g = geometry_batch((q.bg if isinstance(q, Query) else q).box, sizes)
-        return np.zeros_like(g) if appearance_only else g
+    def geometry(q: Query | PreparedBackground, sizes, colours=None, appearance_only: bool = False) -> np.ndarray:
+        """The pair vector (N, 17) of foregrounds of pixel ``sizes`` (N, 2) and colour statistics
+        ``colours`` (N, 6) against the query; ``appearance_only`` zeroes the geometry columns, which
+        switches the (bias-free) geometry term off (the ablation); the colour columns are appearance
+        (what the pixels say) and stay."""
+        bg = q.bg if isinstance(q, Query) else q
+        g = geometry_batch(bg.box, sizes, bg.ring_colour, colours)
+        if appearance_only:
+            g[:, :SHAPE_DIM] = 0.0
+        return g
 
-    def student(self, q: Query, fg_part: np.ndarray, sizes, appearance_only: bool = False) -> np.ndarray:
-        """Student scores (N,) of cached foreground halves ``fg_part`` (N, D, a, a) of pixel ``sizes``."""
+    def student(self, q: Query, fg_part: np.ndarray, sizes, colours, appearance_only: bool = False) -> np.ndarray:
+        """Student scores (N,) of cached foreground halves ``fg_part`` (N, D, a, a) of pixel ``sizes``
+        and colour statistics ``colours`` (N, 6) (:func:`fos.preprocess.foreground_colour`)."""
         sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+        colours = np.asarray(colours, dtype=np.float32).reshape(len(sizes), -1)
+        if not np.isfinite(colours).all():
+            raise InputError("a candidate has no colour statistics (a cutout without object pixels, or a library "
+                             "built before they were stored): rebuild the library")
         out = []
         for s in range(0, len(fg_part), self.head_batch):
             part = slice(s, s + self.head_batch)
             out.append(self.backend.student_head(q.bg_part, fg_part[part].astype(np.float32),
-                                                 self.geometry(q, sizes[part], appearance_only)))
+                                                 self.geometry(q, sizes[part], colours[part], appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def teacher(self, q: Query | PreparedBackground, images: list, rule: str = "stretch", appearance_only: bool = False,
@@ -93,5 +106,6 @@ class Scoring:
             chunk = images[s:s + self.image_batch]
             x = torch.stack([teacher_input(bg, im, self.pcfg, rule, mask)
                              for im, mask in zip(chunk, masks[s:s + self.image_batch])]).numpy()
-            out.append(self.backend.teacher(x, self.geometry(bg, [im.size for im in chunk], appearance_only)))
+            cols = [foreground_colour(im, m) for im, m in zip(chunk, masks[s:s + self.image_batch])]
+            out.append(self.backend.teacher(x, self.geometry(bg, [im.size for im in chunk], cols, appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fos.preprocess import GEOMETRY_DIM
 from fos.runtime import BackendError, OrtBackend, TorchBackend, get_backend, onnx_is_current
 from tests.conftest import ROOT, SHIPPED, save_tiny
 
@@ -65,16 +66,16 @@ def test_stale_and_mismatched_graphs(exported, tmp_path):
         OrtBackend(str(other), d)
     with pytest.raises(BackendError, match="manifest.json missing"):
         OrtBackend(str(other), str(tmp_path / "none"))
-    # graphs exported by a version that passed 3 geometry columns: stale, re-exported by ensure_onnx
+    # graphs exported by a version that passed 3 or 5 geometry columns: stale, re-exported by ensure_onnx
     import shutil
 
     old = tmp_path / "old_onnx"
     shutil.copytree(d, old)
     m = json.loads((old / "manifest.json").read_text())
-    assert m["graphs"]["student_head:float32"]["inputs"]["geom"] == ["batch", 5]
+    assert m["graphs"]["student_head:float32"]["inputs"]["geom"] == ["batch", GEOMETRY_DIM]
     for g in m["graphs"].values():
         if "geom" in g["inputs"]:
-            g["inputs"]["geom"] = ["batch", 3]
+            g["inputs"]["geom"] = ["batch", 5]
     (old / "manifest.json").write_text(json.dumps(m))
     assert not onnx_is_current(w, str(old))
     with pytest.raises(BackendError, match="geometry width"):
@@ -170,7 +171,7 @@ def test_tensorrt_engines_build_and_match(exported, tmp_path):
     tb, rb = TorchBackend(w), TrtBackend(w, out, d)
     x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
     assert np.abs(tb.student_fg(x)[0] - rb.student_fg(x)[0]).max() < 1e-2
-    g = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    g = np.random.default_rng(1).normal(size=(4, GEOMETRY_DIM)).astype(np.float32)
     assert np.abs(tb.teacher(x, g) - rb.teacher(x, g)).max() < 1e-2
     with pytest.raises(BackendError, match="past the engine's maximum"):
         rb.student_fg(np.zeros((17, 3, 224, 224), np.float32))

@@ -96,13 +96,37 @@ def test_to_tensor_normalization():
 
 def test_geometry_features():
     # box 200x100 (aspect 2, area 20000); cutout 50x100 (aspect 0.5, area 5000): scale sqrt(4) = 2
-    g = geometry_batch((0, 0, 200, 100), [(50, 100)])[0]
+    g = geometry_batch((0, 0, 200, 100), [(50, 100)])[0, :5]
     assert g == pytest.approx([math.log(2), math.log(0.5), math.log(4), math.log(2), math.log(2)])
     many = geometry_batch((10, 10, 110, 60), [(100, 50), (400, 200), (25, 50)])  # box 100x50
     assert many.shape == (3, GEOMETRY_DIM) and many.dtype == np.float32
     assert many[:, 3] == pytest.approx([0.0, -math.log(4), math.log(2)])
     assert many[:, 2] == pytest.approx([0.0, 0.0, math.log(4)]) and (many[:, 4] == np.abs(many[:, 3])).all()
-    assert np.array_equal(many[1], geometry_batch((10, 10, 110, 60), [(400, 200)])[0])
+    assert np.array_equal(many[1], geometry_batch((10, 10, 110, 60), [(400, 200)])[0], equal_nan=True)
+    assert np.isnan(many[:, 5:]).all()  # colour statistics not given: NaN, never a silent zero
+    ring, fgc = np.arange(6, dtype=np.float32), np.arange(18, dtype=np.float32).reshape(3, 6) / 10
+    full = geometry_batch((10, 10, 110, 60), [(100, 50), (400, 200), (25, 50)], ring, fgc)
+    assert np.array_equal(full[:, :5], many[:, :5]) and (full[:, 5:11] == ring).all() and np.allclose(full[:, 11:], fgc)
+
+
+def test_colour_statistics_by_hand():
+    from fos.preprocess import colour_stats, foreground_colour, prepare_background
+
+    # mid gray: L = 53.39 (CIE), a = b = 0; white and black: L = 100 and 0
+    gray = colour_stats(np.full((10, 3), 128, np.uint8))
+    assert gray == pytest.approx([0.5339, 0, 0, 0, 0, 0], abs=2e-3)
+    half = colour_stats(np.array([[0, 0, 0], [255, 255, 255]], np.uint8))
+    assert half[[0, 3]] == pytest.approx([0.5, 0.5], abs=1e-3)
+    red = colour_stats(np.array([[255, 0, 0]], np.uint8))  # sRGB red: L 53.2, a 80.1, b 67.2
+    assert red[:3] == pytest.approx([0.532, 80.1 / 128, 67.2 / 128], abs=5e-3)
+    # a cutout's statistics are its object pixels only (white is the surround)
+    fg = Image.new("RGB", (20, 20), (255, 255, 255))
+    fg.paste((255, 0, 0), (5, 5, 15, 15))
+    assert foreground_colour(fg) == pytest.approx(red, abs=1e-4)
+    # a background's ring statistics leave the box out
+    bg = Image.new("RGB", (100, 80), (255, 0, 0))
+    bg.paste((0, 0, 255), (40, 30, 60, 50))
+    assert prepare_background(bg, (40, 30, 60, 50)).ring_colour == pytest.approx(red, abs=1e-4)
 
 
 @pytest.mark.parametrize("box,msg", [

@@ -91,7 +91,7 @@ def test_negative_backgrounds(data_root):
     assert not torch.equal(item["comp"][2], item["comp"][0])  # a different background around the cutout
     student_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
     s_item = student_ds[0]
-    assert s_item["nbg"].shape == (1, 3, 224, 224) and s_item["ngeom"].shape == (1, 5)
+    assert s_item["nbg"].shape == (1, 3, 224, 224) and s_item["ngeom"].shape == (1, 17)
     assert s_item["comp"].shape[0] == 2  # distillation targets only for the pairs on the own background
     assert not torch.equal(s_item["nbg"][0], s_item["bg"])
     batch = default_collate([student_ds[0], student_ds[1]])
@@ -133,7 +133,8 @@ def test_relit_negatives_differ_from_the_positive_only_in_lighting(data_root):
     white = (pos == 1.0).all(0)  # the cutout's white surround (normalised 255 -> 1) stays white in every copy
     for x in relit:
         assert (x[:, white] == 1.0).all() and (x - pos).abs()[:, ~white].mean() > 0.01
-    assert torch.equal(item["geom"][2], item["geom"][0])  # same cutout, same box: same geometry
+    assert torch.equal(item["geom"][2, :5], item["geom"][0, :5])  # same cutout, same box: same geometry ...
+    assert not torch.equal(item["geom"][2, 11:], item["geom"][0, 11:])  # ... but other colour statistics
     # the background was changed too: it differs from the stored photo outside the box
     plain = T.PairDataset(recs, cfg(data_root, "unused", num_neg=1, aug_prob=0.0, box_jitter=0.0), PreprocessCfg(),
                           student_inputs=True)[0]

@@ -21,7 +21,9 @@ from fos.checkpoint import WeightsError, load_checkpoint, load_official_student
 from fos.data import TestSet
 from fos.evaluate.baselines import BASELINES, Candidates, Scorer
 from fos.evaluate.metrics import average_over_categories, rfosd_metrics, sfosd_metrics
-from fos.preprocess import COMPOSITES, InputError, jitter_box, load_image, norm_to_pixel_box, prepare_background
+from fos.preprocess import (
+    COMPOSITES, InputError, foreground_colour, jitter_box, load_image, norm_to_pixel_box, prepare_background,
+)
 from fos.registry import check_name
 from fos.runtime import Backend, TorchBackend, get_backend
 from fos.scoring import Scoring
@@ -54,10 +56,12 @@ class StudentScorer(Scorer):
 
     def prepare(self, cands):
         cands.cache["fg_part"], _ = self.scoring.encode_foregrounds(cands.images)
+        cands.cache["colour"] = np.stack([foreground_colour(im) for im in cands.images])
 
     def score(self, bg, cands):
         q = self.scoring.encode(bg)
-        return self.scoring.student(q, cands.cache["fg_part"], [im.size for im in cands.images], self.appearance_only)
+        return self.scoring.student(q, cands.cache["fg_part"], [im.size for im in cands.images], cands.cache["colour"],
+                                    self.appearance_only)
 
 
 TRAINED = ("teacher", "student")  # the model names a weights folder holds

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fos.config import PreprocessCfg, TrainCfg
 from fos.preprocess import (
-    PreparedBackground, context_crop, foreground_input, foreground_mask, geometry_batch, to_tensor,
+    PreparedBackground, context_crop, foreground_input, foreground_mask, geometry_batch, ring_pixels, to_tensor,
 )
 
 
@@ -100,14 +100,7 @@ class ColorScorer(Scorer):
         cands.cache["color"] = np.stack(stats)
 
     def score(self, bg, cands):
-        arr = np.asarray(bg.filled)
-        cx1, cy1, cx2, cy2 = bg.crop_box
-        x1, y1, x2, y2 = bg.box
-        ring = np.ones((cy2 - cy1, cx2 - cx1), bool)
-        ring[y1 - cy1:y2 - cy1, x1 - cx1:x2 - cx1] = False
-        region = arr[cy1:cy2, cx1:cx2][ring]
-        if len(region) == 0:  # the box fills the whole image: use the whole image
-            region = arr.reshape(-1, 3)
+        region = ring_pixels(bg.filled, bg.box, bg.crop_box)
         s = _color_stats(region)
         return -np.linalg.norm(cands.cache["color"] - s, axis=1)
 

@@ -166,7 +166,7 @@ def real_inputs(data_root: str | None, n: int = 4, pcfg: PreprocessCfg | None = 
 
     from fos.data import load_test
     from fos.preprocess import (
-        foreground_input, geometry_batch, load_image, teacher_input, norm_to_pixel_box, prepare_background,
+        foreground_colour, foreground_input, geometry_batch, load_image, teacher_input, norm_to_pixel_box, prepare_background,
     )
 
     pcfg = pcfg or PreprocessCfg()
@@ -192,7 +192,8 @@ def real_inputs(data_root: str | None, n: int = 4, pcfg: PreprocessCfg | None = 
         "crop_box": np.stack([b.crop_box_net.numpy() for b in bgs]),
         "foreground": np.stack([foreground_input(f, pcfg).numpy() for _, _, f in pairs]),
         "composite": np.stack([teacher_input(b, f, pcfg).numpy() for b, (_, _, f) in zip(bgs, pairs)]),
-        "geom": np.concatenate([geometry_batch(b.box, [f.size]) for b, (_, _, f) in zip(bgs, pairs)]),
+        "geom": np.concatenate([geometry_batch(b.box, [f.size], b.ring_colour, [foreground_colour(f)])
+                                for b, (_, _, f) in zip(bgs, pairs)]),
     }
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from fos.checkpoint import atomic_write, atomic_write_json
 from fos.data import DatasetError, read_json
-from fos.preprocess import InputError, foreground_mask, load_image
+from fos.preprocess import COLOUR_DIM, InputError, foreground_colour, foreground_mask, load_image
 from fos.scoring import Scoring
 
 log = logging.getLogger("fos.library")
@@ -204,6 +204,14 @@ class Library:
         self.categories = np.array([it["category"] for it in self.items])
         self.ids = [it["id"] for it in self.items]
         self.sizes = np.array([[it["width"], it["height"]] for it in self.items], dtype=np.float64).reshape(-1, 2)
+        missing = [i for i, it in enumerate(self.items) if "colour" not in it]
+        if missing:  # a library built before colour statistics were stored: compute them from its cutout files
+            log.warning("library %s predates stored colour statistics: computing them from %d cutout files "
+                        "(rebuild it to store them)", self.root, len(missing))
+            for i in missing:
+                self.items[i]["colour"] = foreground_colour(
+                    load_image(self.path(i), "RGBA", what="foreground"), self.mask_path(i)).tolist()
+        self.colour = np.array([it["colour"] for it in self.items], dtype=np.float32).reshape(-1, COLOUR_DIM)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -264,7 +272,8 @@ def encode_items(backend, items: list[SourceItem], lib_root: str, progress: bool
             rel, sha = _store_file(lib_root, it.path)
             entry = {"id": it.id, "category": it.category, "file": rel,
                      "source": os.path.abspath(it.path), "width": img.width, "height": img.height, "sha256": sha,
-                     "mask_file": _store_file(lib_root, it.mask)[0] if it.mask else None}
+                     "mask_file": _store_file(lib_root, it.mask)[0] if it.mask else None,
+                     "colour": [round(float(v), 6) for v in foreground_colour(img, it.mask)]}
             if it.provenance:
                 entry["provenance"] = it.provenance
             kept.append(entry)

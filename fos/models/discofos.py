@@ -31,6 +31,31 @@ def geometry_term(fc: nn.Linear, geom: torch.Tensor) -> torch.Tensor:
     return fc(geom[..., :n]).flatten()
 
 
+SHAPE_COLUMNS = 5  # fos.preprocess.SHAPE_DIM: the pair vector's geometry columns, then ring and cutout colour
+
+
+class PhotometricTerm(nn.Module):
+    """How well the cutout's lighting fits the photo around the box: an MLP on the colour statistics
+    of the pair vector (columns 5-10: the context ring's CIELAB mean and spread, 11-16: the cutout's),
+    given also their differences. ``(N, >= 17) -> (N,)``. :mod:`fos.scoring` refuses NaN statistics (not computed)."""
+
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(18, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+
+    @staticmethod
+    def features(geom: torch.Tensor) -> torch.Tensor:
+        s = SHAPE_COLUMNS
+        if geom.shape[-1] < s + 12:
+            raise ValueError(f"the photometric term needs the {s + 12}-column pair vector, got {geom.shape[-1]} columns")
+        ring, fg = geom[..., s:s + 6], geom[..., s + 6:s + 12]
+        return torch.cat([ring, fg, fg - ring], -1)
+
+    def forward(self, geom: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(geom)).flatten()
+
+
 class Teacher(nn.Module):
     """Scores a composite crop. ``forward(x, geom) -> (feature map (B, D, 7, 7), logit (B,))``.
 
@@ -51,7 +76,7 @@ class Teacher(nn.Module):
         logit = self.fc(feat.mean((2, 3))).flatten()
         if self.geom_fc is not None:
             if geom is None:
-                raise ValueError("this teacher uses geometry features: pass geom (B, 5), fos.preprocess.geometry_batch")
+                raise ValueError("this teacher uses geometry features: pass geom (B, 17), fos.preprocess.geometry_batch")
             logit = logit + geometry_term(self.geom_fc, geom)
         return feat, logit
 
@@ -74,8 +99,9 @@ class DistillHead(nn.Module):
     """
 
     def __init__(self, dim: int, geometry: bool, linear_feature: bool = False, geometry_dims: int = 3,
-                 act: str = "relu", interaction: bool = False):
+                 act: str = "relu", interaction: bool = False, photometric: bool = False, photometric_hidden: int = 32):
         super().__init__()
+        self.photo = PhotometricTerm(photometric_hidden) if photometric else None
         if act not in ("relu", "leaky"):
             raise ValueError(f"unknown head activation {act!r}; use relu or leaky")
         self.act = act
@@ -116,8 +142,12 @@ class DistillHead(nn.Module):
         logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
         if self.geom_fc is not None:
             if geom is None:
-                raise ValueError("this head uses geometry features: pass geom (N, 5), fos.preprocess.geometry_batch")
+                raise ValueError("this head uses geometry features: pass geom (N, 17), fos.preprocess.geometry_batch")
             logit = logit + geometry_term(self.geom_fc, geom)
+        if self.photo is not None:
+            if geom is None:
+                raise ValueError("this head has a photometric term: pass the pair vector, fos.preprocess.geometry_batch")
+            logit = logit + self.photo(geom)
         return feat, logit
 
     def forward(self, roi, fmap, geom=None):
@@ -142,7 +172,7 @@ class Student(nn.Module):
         self.bg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
         self.fg_proj = _projection(cin, cfg.proj_dim, cfg.linear_features)
         self.head = DistillHead(self.dim, cfg.geometry, cfg.linear_features, cfg.geometry_dims, cfg.head_act,
-                                cfg.interaction)
+                                cfg.interaction, cfg.photometric, cfg.photometric_hidden)
         e = cfg.embed_dim
         self.bg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
         self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()

@@ -10,8 +10,8 @@ method / graph  inputs                                       outputs
 student_bg      background (B,3,S,S), crop_box (B,4)         bg_part (B,D,a,a), emb (B,E)
 student_fg      foreground (B,3,S,S)                         fg_part (B,D,a,a), emb (B,E)
 student_head    bg_part (1,D,a,a), fg_part (B,D,a,a),        score (B,)
-                geom (B,5)
-teacher         composite (B,3,S,S), geom (B,5)              score (B,) (the graph also returns feat)
+                geom (B,17)
+teacher         composite (B,3,S,S), geom (B,17)             score (B,) (the graph also returns feat)
 ==============  ===========================================  ==========================================
 
 ``bg_part``/``fg_part`` are the two halves of the student head's first conv (``DistillHead``): a

@@ -18,7 +18,7 @@ import numpy as np
 from fos.config import EngineCfg
 from fos.library import Library, LibraryError
 from fos.library.store import VectorStore, make_store
-from fos.preprocess import InputError, PreparedBackground, foreground_mask, load_image
+from fos.preprocess import InputError, PreparedBackground, foreground_colour, foreground_mask, load_image
 from fos.runtime import Backend, get_backend
 from fos.scoring import Query, Scoring, logit
 
@@ -48,6 +48,7 @@ class ExtraItem:
     image: object  # PIL image
     fg_part: np.ndarray | None
     size: tuple[int, int]
+    colour: np.ndarray | None = None  # (6,) colour statistics of its object pixels
 
 
 @dataclass
@@ -135,10 +136,11 @@ class SearchEngine:
                 raise LibraryError(f"the {self.cfg.store} vector store returned {len(cand)} candidates for K={kk}")
         t1 = time.perf_counter()
         t["prefilter"] = (t1 - t0) * 1e3
-        scores = self.scoring.student(q, self.lib.fmap[cand], self.lib.sizes[cand])
+        scores = self.scoring.student(q, self.lib.fmap[cand], self.lib.sizes[cand], self.lib.colour[cand])
         results = [self._result(int(i), float(s)) for i, s in zip(cand, scores)]
         if extra:
-            xs = self.scoring.student(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra])
+            xs = self.scoring.student(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra],
+                                      [e.colour for e in extra])
             results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image) for e, s in zip(extra, xs)]
         results.sort(key=lambda r: -r.score)
         self._split_scores(q, results[:max(k, nr)], extra or [])
@@ -168,7 +170,8 @@ class SearchEngine:
         own = {id(e.image): e for e in extra}  # a user's cutouts by object: two uploads may share a name
         parts = np.stack([self.lib.fmap[r.index] if r.index >= 0 else own[id(r.image)].fg_part for r in results])
         sizes = [self.lib.sizes[r.index] if r.index >= 0 else own[id(r.image)].size for r in results]
-        app = logit(self.scoring.student(q, parts, sizes, appearance_only=True))
+        colours = [self.lib.colour[r.index] if r.index >= 0 else own[id(r.image)].colour for r in results]
+        app = logit(self.scoring.student(q, parts, sizes, colours, appearance_only=True))
         for r, a in zip(results, app):
             r.appearance, r.geometry = float(a), float(logit(np.array([r.student_score]))[0] - a)
 
@@ -185,7 +188,7 @@ class SearchEngine:
                 if not foreground_mask(im).any():
                     raise InputError(f"foreground {name} has no object pixels (all white or transparent)")
                 imgs.append(im)
-                items.append(ExtraItem(name, im, None, im.size))
+                items.append(ExtraItem(name, im, None, im.size, foreground_colour(im)))
             except InputError as e:
                 problems.append(str(e))
         if imgs:

@@ -25,8 +25,8 @@ from fos.config import PreprocessCfg, TrainCfg
 from fos.data import DatasetError, TrainRecord, load_train_roots
 from fos.photometric import apply as apply_change, outside_box, random_change
 from fos.preprocess import (
-    foreground_input, foreground_mask, geometry_batch, jitter_box, load_image, norm_to_pixel_box, prepare_background,
-    teacher_input,
+    foreground_colour, foreground_input, foreground_mask, geometry_batch, jitter_box, load_image, norm_to_pixel_box,
+    prepare_background, teacher_input,
 )
 from fos.threads import set_threads
 from fos.models.discofos import geometry_term
@@ -36,6 +36,12 @@ log = logging.getLogger("fos.train")
 
 
 # --------------------------------------------------------------------------- data
+def pair_vector(prep, fg: Image.Image) -> np.ndarray:
+    """The pair vector (geometry and colour statistics, :func:`fos.preprocess.geometry_batch`) of one
+    cutout in one prepared background, as the scoring path computes it."""
+    return geometry_batch(prep.box, [fg.size], prep.ring_colour, [foreground_colour(fg)])[0]
+
+
 class PairDataset(Dataset):
     """One item per training background: its inputs with 1 positive and ``num_neg`` negatives.
 
@@ -104,13 +110,13 @@ class PairDataset(Dataset):
             if j == 0:
                 pos_img = fg
             comps.append(teacher_input(prep, fg, self.pcfg))
-            geoms.append(torch.from_numpy(geometry_batch(prep.box, [fg.size])[0]))
+            geoms.append(torch.from_numpy(pair_vector(prep, fg)))
             if self.student_inputs:
                 fgs.append(foreground_input(fg, self.pcfg))
         for _ in range(self.cfg.neg_relight):  # the positive under another change: only its fit tells it apart
             fg = apply_change(plain, random_change(nrng), mask)
             comps.append(teacher_input(prep, fg, self.pcfg))
-            geoms.append(torch.from_numpy(geometry_batch(prep.box, [fg.size])[0]))
+            geoms.append(torch.from_numpy(pair_vector(prep, fg)))
             if self.student_inputs:
                 fgs.append(foreground_input(fg, self.pcfg))
         labels = [1.0] + [0.0] * (len(negs) + self.cfg.neg_relight)
@@ -118,7 +124,7 @@ class PairDataset(Dataset):
         if not self.student_inputs:  # teacher: composites of the positive on other backgrounds, negatives
             for oprep in others:
                 comps.append(teacher_input(oprep, pos_img, self.pcfg))
-                geoms.append(torch.from_numpy(geometry_batch(oprep.box, [pos_img.size])[0]))
+                geoms.append(torch.from_numpy(pair_vector(oprep, pos_img)))
                 labels.append(0.0)
         item = {"comp": torch.stack(comps), "geom": torch.stack(geoms), "label": torch.tensor(labels)}
         if self.student_inputs:
@@ -126,8 +132,7 @@ class PairDataset(Dataset):
             if others:  # student: the positive cutout on other backgrounds, negatives (see step_losses)
                 item.update(nbg=torch.stack([o.tensor for o in others]),
                             ncrop_box=torch.stack([o.crop_box_net for o in others]),
-                            ngeom=torch.stack([torch.from_numpy(geometry_batch(o.box, [pos_img.size])[0])
-                                               for o in others]))
+                            ngeom=torch.stack([torch.from_numpy(pair_vector(o, pos_img)) for o in others]))
         return item
 
     def _rescale(self, img: Image.Image, rng: random.Random) -> Image.Image:
