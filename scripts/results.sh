@@ -37,6 +37,19 @@ for m in teacher student; do
   python -m fos.evaluate --data "$DATA" --model "$m" --protocol matched --appearance-only --seeds 0,1,2,3,4 \
     --json "runs/results/$m.appearance.matched.json" | tail -1
 done
+# the harmony protocol (the query's own cutout under 5 photos' colour casts, loose boxes), fos.evaluate.harmony
+harmony() {  # DATA OUT
+  local data=$1 out=$2
+  for m in teacher student random aspect geometry color imagenet; do
+    python -m fos.evaluate --data "$data" --model "$m" --protocol harmony --seeds 0,1,2,3,4 \
+      --json "$out/$m.harmony.json" | tail -1
+  done
+  for m in teacher student; do
+    python -m fos.evaluate --data "$data" --model "$m" --protocol harmony --appearance-only --seeds 0,1,2,3,4 \
+      --json "$out/$m.appearance.harmony.json" | tail -1
+  done
+}
+harmony "$DATA" runs/results
 python scripts/results_table.py
 # the converted coco128 test split (README, "Bring your own data"); its matched protocol keeps 3
 # queries, too few to report
