@@ -28,28 +28,21 @@ python export/to_onnx.py --data "$DATA" | grep -A7 "^parity"
 standard "$DATA" runs/results
 python -m fos.evaluate --data "$DATA" --model teacher --composite fit --json runs/results/teacher.fit.exact.json | tail -1
 python -m fos.evaluate --data "$DATA" --model teacher --composite fit $LOOSE --json runs/results/teacher.fit.loose.json | tail -1
-# the leak-free protocol (candidates of the true cutout's aspect, all resampled to its pixel area; loose boxes)
-for m in teacher student random aspect geometry color imagenet; do
-  python -m fos.evaluate --data "$DATA" --model "$m" --protocol matched --seeds 0,1,2,3,4 \
-    --json "runs/results/$m.matched.json" | tail -1
-done
-for m in teacher student; do
-  python -m fos.evaluate --data "$DATA" --model "$m" --protocol matched --appearance-only --seeds 0,1,2,3,4 \
-    --json "runs/results/$m.appearance.matched.json" | tail -1
-done
-# the harmony protocol (the query's own cutout under 5 photos' colour casts, loose boxes), fos.evaluate.harmony
-harmony() {  # DATA OUT
-  local data=$1 out=$2
+# the leak-free matched protocol (candidates of the true cutout's aspect, all resampled to its pixel area)
+# and the harmony protocol (the query's own cutout under 5 photos' colour casts); loose boxes, 5 seeds
+protocol() {  # DATA OUT PROTOCOL
+  local data=$1 out=$2 proto=$3
   for m in teacher student random aspect geometry color imagenet; do
-    python -m fos.evaluate --data "$data" --model "$m" --protocol harmony --seeds 0,1,2,3,4 \
-      --json "$out/$m.harmony.json" | tail -1
+    python -m fos.evaluate --data "$data" --model "$m" --protocol "$proto" --seeds 0,1,2,3,4 \
+      --json "$out/$m.$proto.json" | tail -1
   done
   for m in teacher student; do
-    python -m fos.evaluate --data "$data" --model "$m" --protocol harmony --appearance-only --seeds 0,1,2,3,4 \
-      --json "$out/$m.appearance.harmony.json" | tail -1
+    python -m fos.evaluate --data "$data" --model "$m" --protocol "$proto" --appearance-only --seeds 0,1,2,3,4 \
+      --json "$out/$m.appearance.$proto.json" | tail -1
   done
 }
-harmony "$DATA" runs/results
+protocol "$DATA" runs/results matched
+protocol "$DATA" runs/results harmony
 python scripts/results_table.py
 # the converted coco128 test split (README, "Bring your own data"); its matched protocol keeps 3
 # queries, too few to report
