@@ -11,6 +11,7 @@ import copy
 import logging
 import os
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -110,7 +111,11 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
     for q in quiet:
         q.setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        # and its warnings about torch's own internals (LeafSpec deprecation, unused axis names), one per
+        # graph, which scrolled the app's first start; they say nothing about our graphs
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
             torch.onnx.export(wrapper, args, tmp, input_names=list(inputs), output_names=outputs,
                               dynamic_shapes=dyn, opset_version=OPSET, dynamo=True, external_data=False,
                               verbose=False)
