@@ -402,9 +402,12 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
             gallery = gr.Gallery(label="Ranked composites (close-up around the box; click one for the whole photo)",
                                  columns=4, height=420, elem_id="gallery")
             big = gr.Image(label="Selected composite (whole photo)", interactive=False, elem_id="big")
-        table = gr.Dataframe(headers=["rank", "id", "score", "student", "appearance", "geometry", "teacher", "source"],
-                             label="Ranking (student = sigmoid(appearance + geometry), both logits: what the pixels "
-                                   "say and what box and cutout shape and size say)", elem_id="table")
+        table = gr.Dataframe(headers=["rank", "id", "score (ranks them)", "student probability", "appearance logit",
+                                      "geometry logit", "teacher probability", "source"],
+                             label="Ranking. score: the teacher's probability for the reranked top N, the student's for "
+                                   "the rest. student probability = sigmoid(appearance logit + geometry logit): what "
+                                   "the pixels (and, for a student with a photometric term, their colours) say, and "
+                                   "what the box's and the cutout's shape and size say", elem_id="table")
         if examples:
             ex_choice = gr.Dropdown([f"{e['category']}: {e['file']}" for e in examples], label="Examples",
                                     elem_id="examples")

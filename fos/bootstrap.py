@@ -7,7 +7,7 @@ The layers below never prepare anything themselves: :mod:`fos.runtime` only runs
    stops with a message that says how to rebuild it; it is never rebuilt, moved or deleted here;
 2. ONNX graphs are exported into ``<weights>/onnx`` when the backend is ``auto`` or ``onnxruntime`` and they
    are missing or older than the weights (only after step 1 passed);
-3. with no library named, the default one (``assets/library``, 88 attributed cutouts) is encoded once into
+3. with no library named, the default one (``assets/library``, 119 attributed cutouts) is encoded once into
    ``<weights>/library-<sha12>``, a folder per student, so nothing earlier is ever replaced.
 
 Everything it writes lies under the weights folder, in the generated folders named in :mod:`fos.weights`.

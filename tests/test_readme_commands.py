@@ -39,6 +39,7 @@ ELSEWHERE = {
     "python -m fos.search": "tests/test_library_search.py::test_search_cli_json",
     "python export/to_trt.py": "tests/test_export.py::test_tensorrt_missing_is_one_clear_line",
     "python -m fos.examples build": "tests/test_readme_commands.py::test_examples_build",
+    "python -m fos.examples add-coco": "tests/test_readme_commands.py::test_examples_add_coco",
     # a reproduction recipe (an hour of CPU on the shipped weights): every line it runs is one of the
     # commands of this table, which test_recipes_only_run_covered_commands checks
     "bash scripts/results.sh": "recipe",
@@ -205,6 +206,22 @@ def test_results_table(tmp_path):
 def test_geometry_mix(data_root):
     r = run(["scripts/geometry_mix.py", "--data", data_root])
     assert "R@1" in r.stdout or "w" in r.stdout
+
+
+def test_examples_add_coco(small_coco_root, tmp_path):
+    """`python -m fos.examples add-coco` keeps only permissively licensed photos and attributes each."""
+    from fos.examples import PERMISSIVE, main
+
+    out = tmp_path / "assets"
+    (out / "library" / "cow").mkdir(parents=True)
+    (out / "library" / "cow" / "mine.jpg").write_bytes(b"kept")
+    ann = os.path.join(COCO128, "annotations", "instances_train2017.json")
+    assert main(["add-coco", "--data", small_coco_root, "--annotations", ann, "--out", str(out)]) == 0
+    added = [f for _, _, fs in os.walk(out / "library") for f in fs if f.startswith("coco-")]
+    rows = [ln for ln in open(out / "ATTRIBUTION-coco.md") if ln.startswith("| `")]
+    assert rows and len(rows) == len(added) and (out / "library" / "cow" / "mine.jpg").read_bytes() == b"kept"
+    lic = {im["id"]: im["license"] for im in json.load(open(ann))["images"]}
+    assert all(lic[int(r.split("(id ")[1].split(")")[0])] in PERMISSIVE for r in rows)
 
 
 def test_examples_build(data_root, tmp_path):

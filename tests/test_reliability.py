@@ -98,7 +98,8 @@ def test_default_library_is_per_student_and_never_replaced(tmp_path):
     w = save_tiny(tmp_path / "w", seed=3)
     lib, b = prepare(w, None, "torch")
     first = WeightsDir(w).default_library()
-    assert lib.root == first and len(lib) == 88 and os.path.isfile(os.path.join(first, "library.json"))
+    n_files = sum(len(fs) for _, _, fs in os.walk(os.path.join(ROOT, "assets", "library")))
+    assert lib.root == first and len(lib) == n_files == 119 and os.path.isfile(os.path.join(first, "library.json"))
     save_tiny(tmp_path / "w", seed=4)  # retrained in place
     lib2, _ = prepare(w, None, "torch")
     assert lib2.root != first and os.path.isfile(os.path.join(first, "library.json"))  # the old one is still there
