@@ -52,3 +52,30 @@ if [ -d "$COCO/test" ]; then
 else
   echo "no $COCO/test: convert coco128 first (README, Bring your own data) to get its table"
 fi
+# the student with a photometric term (README, "Lighting"), once `python -m fos.train.photometric` made it;
+# then the harmony and loose-box protocols on the converted coco-extra test split
+PHOTO=${PHOTO:-runs/student-photo/student.safetensors}
+EXTRA=${EXTRA:-runs/coco-extra-fos}
+if [ -f "$PHOTO" ]; then
+  mkdir -p runs/results/photo/coco
+  for ao in "" "--appearance-only"; do
+    t=${ao:+.appearance}
+    for p in harmony matched; do
+      python -m fos.evaluate --data "$DATA" --model student --checkpoint "$PHOTO" $ao --protocol $p --seeds 0,1,2,3,4 \
+        --json "runs/results/photo/photo$t.$p.json" | tail -1
+    done
+    python -m fos.evaluate --data "$DATA" --model student --checkpoint "$PHOTO" $ao $LOOSE \
+      --json "runs/results/photo/photo$t.loose.json" | tail -1
+  done
+  if [ -d "$EXTRA/test" ]; then
+    for p in "--protocol harmony" "--box-jitter 0.5"; do
+      tag=$([ "$p" = "--box-jitter 0.5" ] && echo loose || echo harmony)
+      python -m fos.evaluate --data "$EXTRA" --model student --checkpoint "$PHOTO" $p --seeds 0,1,2,3,4 \
+        --json "runs/results/photo/coco/photo.$tag.json" | tail -1
+      for m in student geometry color imagenet; do
+        python -m fos.evaluate --data "$EXTRA" --model "$m" $p --seeds 0,1,2,3,4 \
+          --json "runs/results/photo/coco/$m.$tag.json" | tail -1
+      done
+    done
+  fi
+fi
