@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from fos.preprocess import (
-    SHAPE_DIM, InputError, PreparedBackground, foreground_colour, foreground_input, geometry_batch, prepare_background,
-    teacher_input,
+    SHAPE_DIM, InputError, PreparedBackground, foreground_input, geometry_batch, prepare_background, teacher_input,
 )
 from fos.runtime import Backend
 
@@ -106,6 +105,6 @@ class Scoring:
             chunk = images[s:s + self.image_batch]
             x = torch.stack([teacher_input(bg, im, self.pcfg, rule, mask)
                              for im, mask in zip(chunk, masks[s:s + self.image_batch])]).numpy()
-            cols = [foreground_colour(im, m) for im, m in zip(chunk, masks[s:s + self.image_batch])]
-            out.append(self.backend.teacher(x, self.geometry(bg, [im.size for im in chunk], cols, appearance_only)))
+            # the teacher reads the geometry columns only (it has no photometric term): no colour statistics
+            out.append(self.backend.teacher(x, self.geometry(bg, [im.size for im in chunk], None, appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
