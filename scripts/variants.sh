@@ -7,6 +7,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/data/msrc-fos}
 OUT=${OUT:-runs/variants}
+SEEDS=${SEEDS:-0,1,2,3,4}  # box seeds
 mkdir -p "$OUT"
 names=()
 for spec in "$@"; do
@@ -15,9 +16,9 @@ for spec in "$@"; do
   for ao in "" "--appearance-only"; do
     tag=$name${ao:+.appearance}
     python -m fos.evaluate --data "$DATA" --model "$model" --checkpoint "$ckpt" $ao --box-jitter 0.5 \
-      --seeds 0,1,2,3,4 --json "$OUT/$tag.loose.json" | tail -1
+      --seeds "$SEEDS" --json "$OUT/$tag.loose.json" | tail -1
     python -m fos.evaluate --data "$DATA" --model "$model" --checkpoint "$ckpt" $ao --protocol matched \
-      --seeds 0,1,2,3,4 --json "$OUT/$tag.matched.json" | tail -1
+      --seeds "$SEEDS" --json "$OUT/$tag.matched.json" | tail -1
   done
 done
 python scripts/variants_table.py "$OUT" "${names[@]}"

@@ -247,15 +247,40 @@ def test_browser_draws_box_and_searches(app_url, tmp_path):
     assert Image.open(shot).size[0] >= 1000
 
 
-def start_app(env_extra: dict, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "GRADIO_SERVER_NAME": "127.0.0.1",
-           "PORT": str(free_port()), **env_extra}
-    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+# app.main() once per case, in one process (each case reloads the app module, which reads its settings on
+# import); every case must end in SystemExit, so a case that started serving would hang until the timeout
+START_DRIVER = r"""
+import contextlib, importlib, io, json, os, sys
+sys.path.insert(0, os.getcwd())
+out = []
+for env in json.loads(sys.argv[1]):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    err, code = io.StringIO(), None
+    try:
+        with contextlib.redirect_stderr(err):
+            import app
+            importlib.reload(app)
+            app.main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
 
 
 def test_bad_start_up_settings_are_one_line(tmp_path):
     """Each bad setting ends the app with one `error:` line (exit 2), not a traceback; the cheap ones are
     checked before any model loads."""
+    import json
+
+    from fos.library import write_library
+    from fos.runtime import TorchBackend
+    from tests.conftest import save_tiny
+
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "student.safetensors").write_bytes(b"not safetensors at all")
@@ -265,6 +290,13 @@ def test_bad_start_up_settings_are_one_line(tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "library.json").write_text("{not json")
+    # a library built with other weights than the shipped ones
+    src = tmp_path / "src" / "cow"
+    src.mkdir(parents=True)
+    cow_dir = os.path.join(ROOT, "assets", "library", "cow")
+    Image.open(os.path.join(cow_dir, sorted(os.listdir(cow_dir))[0])).save(src / "a.png")
+    write_library(TorchBackend(save_tiny(tmp_path / "tiny")), str(tmp_path / "src"), str(tmp_path / "lib"),
+                  progress=False)
     cases = [
         ({"FOS_BACKEND": "bogus"}, "FOS_BACKEND must be auto or one of torch, onnxruntime, tensorrt, got 'bogus'"),
         ({"PORT": "abc"}, "PORT must be a port number such as 7860, got 'abc'"),
@@ -275,26 +307,16 @@ def test_bad_start_up_settings_are_one_line(tmp_path):
         ({"FOS_LIBRARY": str(tmp_path / "nolib")}, "FOS_LIBRARY="),
         ({"FOS_LIBRARY": str(empty_lib)}, "is not a foreground library"),
         ({"FOS_LIBRARY": str(corrupt)}, "is corrupt or incomplete"),
+        ({"FOS_LIBRARY": str(tmp_path / "lib"), "FOS_BACKEND": "torch"}, "built with other weights"),
     ]
-    for env, msg in cases:
-        r = start_app(env)
-        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], (env, r.returncode, r.stderr[-2000:])
-        assert "Traceback" not in r.stderr, (env, r.stderr[-2000:])
-
-
-def test_library_of_other_weights_is_refused_at_start(tmp_path):
-    from fos.library import write_library
-    from fos.runtime import TorchBackend
-    from tests.conftest import save_tiny
-
-    w = save_tiny(tmp_path / "tiny")
-    src = tmp_path / "src" / "cow"
-    src.mkdir(parents=True)
-    Image.open(os.path.join(ROOT, "assets", "library", "cow", os.listdir(os.path.join(ROOT, "assets", "library", "cow"))[0])).save(src / "a.png")
-    write_library(TorchBackend(w), str(tmp_path / "src"), str(tmp_path / "lib"), progress=False)
-    r = start_app({"FOS_LIBRARY": str(tmp_path / "lib"), "FOS_BACKEND": "torch"})
-    assert r.returncode == 2 and "built with other weights" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    base = {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "GRADIO_SERVER_NAME": "127.0.0.1",
+            "PORT": str(free_port())}
+    r = subprocess.run([sys.executable, "-c", START_DRIVER, json.dumps([{**base, **env} for env, _ in cases])],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    for (env, msg), (code, err) in zip(cases, json.loads(r.stdout.strip().splitlines()[-1])):
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert code == 2 and len(lines) == 1 and msg in lines[0], (env, code, err[-2000:])
 
 
 def test_raw_requests_get_clear_messages(app_url, tmp_path):

@@ -101,11 +101,11 @@ class Contrast(Scorer):
 
 
 def test_rules_without_the_background_sit_at_chance(ts):
-    """geometry and aspect tie every candidate; rules that read the cutout alone cannot know the
-    background's cast. All within 0.05 of chance over 3 seeds; the colour baseline, which compares the
-    two, is far above it."""
-    for scorer in (E.make_scorer("geometry"), E.make_scorer("aspect"), Neutral(), Contrast()):
-        res = E.average_runs([evaluate_harmony(ts, scorer, 0.5, seed, progress=False) for seed in range(3)])
+    """geometry and aspect tie every candidate (one seed shows it: ties count as chance exactly); rules
+    that read the cutout alone cannot know the background's cast. All within 0.05 of chance (cutout
+    rules over 2 seeds); the colour baseline, which compares the two, is far above it."""
+    for scorer, seeds in ((E.make_scorer("geometry"), 1), (E.make_scorer("aspect"), 1), (Neutral(), 2), (Contrast(), 2)):
+        res = E.average_runs([evaluate_harmony(ts, scorer, 0.5, seed, progress=False) for seed in range(seeds)])
         assert res["chance@1"] == pytest.approx(0.2) and res["n_queries"] == 125
         assert abs(res["recall@1"] - 0.2) <= 0.05, (scorer.name, res["recall@1"])
     color = evaluate_harmony(ts, E.make_scorer("color"), 0.5, 0, progress=False)

@@ -259,7 +259,7 @@ def test_localize_train_and_evaluate_commands(small_coco_root, tmp_path):
     assert os.path.isfile(w)
     out = tmp_path / "eval.json"
     run(["-m", "fos.localize.evaluate", "--weights", w, "--data", small_coco_root, "--mask-methods", "grabcut",
-         "--limit", "8", "--json", str(out), "--figure", str(tmp_path / "fig.png")])
+         "--limit", "4", "--json", str(out), "--figure", str(tmp_path / "fig.png")])
     assert json.load(open(out)) and os.path.getsize(tmp_path / "fig.png") > 0
 
 
@@ -280,7 +280,7 @@ def test_variants_script(data_root, tmp_path):
 
     w = save_tiny(tmp_path / "w", teacher=False)
     src, _ = _copy_test(data_root, tmp_path / "src", cats=("cow", "book"))
-    env = dict(os.environ, DATA=str(src), OUT=str(tmp_path / "out"), FOS_THREADS="1")
+    env = dict(os.environ, DATA=str(src), OUT=str(tmp_path / "out"), FOS_THREADS="1", SEEDS="0,1")
     r = subprocess.run(["bash", "scripts/variants.sh", f"tiny=student_tiny:{w}/student.safetensors"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
