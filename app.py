@@ -123,7 +123,7 @@ def whole_number(value, what: str, lo: int, hi: int) -> int:
         f = float(value)
     except (TypeError, ValueError):
         raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}") from None
-    if f != int(f) or not lo <= f <= hi:
+    if not lo <= f <= hi or f != int(f):  # NaN and infinities fail the range test first
         raise InputError(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
     return int(f)
 

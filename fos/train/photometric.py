@@ -39,7 +39,7 @@ from fos.config import Cfg, ModelCfg
 from fos.data import DatasetError, load_train_roots
 from fos.photometric import cast_gains, photo_cast, random_change
 from fos.preprocess import (
-    COLOUR_DIM, GEOMETRY_DIM, SHAPE_DIM, colour_stats, foreground_mask, geometry_batch, jitter_box, load_image,
+    COLOUR_DIM, GEOMETRY_DIM, SHAPE_DIM, InputError, colour_stats, foreground_mask, geometry_batch, jitter_box, load_image,
     norm_to_pixel_box, prepare_background, ring_pixels,
 )
 from fos.registry import build_from_cfg
@@ -100,7 +100,7 @@ def cache_records(student, records, cfg: PhotometricCfg) -> dict:
         try:
             bg = load_image(r.bg_path, what="background")
             fg = load_image(r.fg_path, what="foreground")
-        except Exception as e:  # noqa: BLE001 - counted and skipped, as the converter does
+        except (InputError, OSError) as e:  # counted and skipped, as the converter does
             log.warning("skipped %s: %s", r.name, e)
             skipped += 1
             continue
@@ -221,7 +221,7 @@ def fit(cfg: PhotometricCfg, save: str, command: str = "") -> str:
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "lighting_top1": float(np.mean(hits))})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", top1=f"{history[-1]['lighting_top1']:.3f}")
     model.model_name = getattr(base, "model_name", "student")
-    save_checkpoint(model, save, base.preprocess_cfg, train_cfg=cfg.to_dict() if hasattr(cfg, "to_dict") else asdict(cfg),
+    save_checkpoint(model, save, base.preprocess_cfg, train_cfg=asdict(cfg),
                     base_student=os.path.abspath(cfg.student), base_student_sha256=base.weights_sha256,
                     train_records=len(recs), history=history, train_seconds=round(time.time() - t0, 1),
                     command=command)
