@@ -39,8 +39,8 @@ from fos.config import Cfg, ModelCfg
 from fos.data import DatasetError, load_train_roots
 from fos.photometric import cast_gains, photo_cast, random_change
 from fos.preprocess import (
-    COLOUR_DIM, GEOMETRY_DIM, SHAPE_DIM, InputError, colour_stats, foreground_mask, geometry_batch, jitter_box, load_image,
-    norm_to_pixel_box, prepare_background, ring_pixels,
+    COLOUR_DIM, GEOMETRY_DIM, SHAPE_DIM, InputError, colour_stats, foreground_mask, geometry_batch, jitter_box,
+    load_image, norm_to_pixel_box, prepare_background, ring_pixels,
 )
 from fos.registry import build_from_cfg
 from fos.threads import set_threads
@@ -213,7 +213,8 @@ def fit(cfg: PhotometricCfg, save: str, command: str = "") -> str:
             if ident_vec:
                 i_logit = term(torch.cat(ident_vec)) + torch.cat(ident_base)
                 parts = torch.split(i_logit, ident_n)
-                loss = loss + torch.stack([F.cross_entropy(p[None], torch.zeros(1, dtype=torch.long)) for p in parts]).mean()
+                target = torch.zeros(1, dtype=torch.long)  # the own cutout is first in each group
+                loss = loss + torch.stack([F.cross_entropy(p[None], target) for p in parts]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -226,7 +227,8 @@ def fit(cfg: PhotometricCfg, save: str, command: str = "") -> str:
                     train_records=len(recs), history=history, train_seconds=round(time.time() - t0, 1),
                     command=command)
     print(f"wrote {os.path.abspath(save)} and its JSON ({len(recs)} training records, "
-          f"{time.time() - t0:.0f} s; last epoch: lighting top-1 {history[-1]['lighting_top1']:.3f} on training groups)")
+          f"{time.time() - t0:.0f} s; last epoch: lighting top-1 {history[-1]['lighting_top1']:.3f} "
+          "on training groups)")
     return save
 
 
