@@ -8,6 +8,7 @@ draws a box, picks a category, and sees the ranked cutouts with their composites
 """
 
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -20,13 +21,11 @@ import numpy as np
 from PIL import Image
 
 from fos.bootstrap import prepare
-from fos.checkpoint import WeightsError
-from fos.data import DatasetError
+from fos.config import BACKENDS
+from fos.errors import USER_ERRORS, BackendError, InputError, LibraryError, WeightsError
 from fos.examples import load_examples
-from fos.library import LibraryError
-from fos.preprocess import InputError, PreparedBackground, fit_composite, load_image, zoom_box
-from fos.runtime import BACKENDS, BackendError
-from fos.search import EngineCfg, SearchEngine
+from fos.preprocess import Box, PreparedBackground, load_image, parse_box
+from fos.search import EngineCfg, PhotoSearch, SearchEngine
 from fos.threads import default_threads, set_threads
 
 log = logging.getLogger("fos.app")
@@ -45,7 +44,8 @@ MAX_K = 20  # the "how many results" slider's range is 1..MAX_K
 # identical image, which races with a concurrent download of that file (identical queries).
 OUT_DIR = os.path.join(tempfile.gettempdir(), f"fos-app-{os.getpid()}")
 OUT_TTL_S = 600
-USER_ERRORS = (InputError, LibraryError, BackendError, DatasetError, WeightsError, ValueError)
+TABLE_HEADERS = ["rank", "ranked by", "id", "teacher probability", "student probability", "appearance logit",
+                 "geometry logit", "source"]
 
 try:  # the box-drawing component; a two-click fallback works without it
     from gradio_image_annotation import image_annotator
@@ -105,15 +105,10 @@ def load_engine() -> SearchEngine:
 
 # --------------------------------------------------------------------------- request handling
 def parse_box_text(text: str | None):
+    """The typed box, or None when the field is empty."""
     if not text or not text.strip():
         return None
-    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    if len(parts) != 4:
-        raise InputError(f"type the box as x1,y1,x2,y2 in pixels, got {text!r}")
-    try:
-        return tuple(float(p) for p in parts)
-    except ValueError:
-        raise InputError(f"type the box as four numbers x1,y1,x2,y2, got {text!r}") from None
+    return parse_box(text, "the typed box")
 
 
 def whole_number(value, what: str, lo: int, hi: int) -> int:
@@ -140,12 +135,15 @@ def box_from_annotation(value) -> tuple[np.ndarray | None, tuple | None]:
     return img, box
 
 
-def composite_for(engine: SearchEngine, bg: PreparedBackground, r) -> Image.Image:
-    """The composite a person judges (and the teacher rerank scores): ``fit``, full size."""
-    try:
-        return fit_composite(bg, engine.cutout(r), r.mask, engine.pcfg)
-    except InputError:  # a cutout with no object pixels: show the background, the table says which
-        return bg.image
+def zoom_box(bg: PreparedBackground, scale: float = 2.0, min_side: int = 96) -> Box:
+    """A region around the box for looking at a composite closely: the box grown ``scale`` times per
+    side (at least ``min_side`` px where the image allows), clamped to the image."""
+    w, h = bg.size
+    x1, y1, x2, y2 = bg.box
+    bw, bh = max(x2 - x1, min_side / scale), max(y2 - y1, min_side / scale)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    hw, hh = bw * scale / 2, bh * scale / 2
+    return (max(0, int(cx - hw)), max(0, int(cy - hh)), min(w, int(math.ceil(cx + hw))), min(h, int(math.ceil(cy + hh))))
 
 
 def prune_outputs() -> None:
@@ -171,10 +169,10 @@ def save_output(img: Image.Image) -> str:
 
 def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: int, uploads: list | None,
                eraser=None):
-    """Everything one search needs; returns (gallery of close-ups around the box, table rows, info
-    markdown, the first full composite, every full composite). With ``eraser`` (an
-    :class:`fos.inpaint.infer.Inpainter`) what is in the box is erased first, and the ranking and the
-    composites use the erased background."""
+    """Check what the page sent, run the engine's one search call (:meth:`SearchEngine.search_photo`:
+    with ``eraser``, an :class:`fos.inpaint.infer.Inpainter`, what is in the box is erased first) and
+    render it; returns (gallery of close-ups around the box, table rows, info markdown, the first full
+    composite, every full composite)."""
     if image is None:
         raise InputError("no background: upload an image or pick an example")
     if box is None:
@@ -187,31 +185,31 @@ def run_search(engine: SearchEngine, image, box, category: str, k: int, rerank: 
     k = whole_number(k, "how many results", 1, MAX_K)
     rerank = whole_number(rerank, "N for the teacher rerank", 0, MAX_K)
     image = open_background(image)  # header checked before decoding (the page hands over a path)
-    erased_ms = None
-    if eraser is not None:
-        t0 = time.perf_counter()
-        image = eraser.erase_box(image, box)  # validates the box against the image first
-        erased_ms = (time.perf_counter() - t0) * 1e3
-    bg = engine.scoring.prepare(image, box)  # loads the image and validates the box, once
-    q = engine.encode_prepared(bg)
-    out = engine.rank(q, category, int(k), rerank=int(rerank), extra=uploads or None)
+    out = engine.search_photo(image, box, category, k, rerank=rerank, extra=uploads or None, eraser=eraser)
+    return render(engine, out)
+
+
+def render(engine: SearchEngine, out: PhotoSearch):
+    """The page's view of a search: close-ups and full composites written once each, the table rows
+    (:data:`TABLE_HEADERS`) in rank order, and the info line."""
     t0 = time.perf_counter()
-    gallery, rows, fulls = [], [], []
     prune_outputs()
-    zoom = zoom_box(bg)
+    zoom = zoom_box(out.background)
+    gallery, rows, fulls = [], [], []
     for rank, r in enumerate(out.results, 1):
-        comp = composite_for(engine, bg, r)
-        fulls.append(save_output(comp))
-        src = "your upload" if r.image is not None else "library"
-        gallery.append((save_output(comp.crop(zoom)), f"#{rank} {r.score:.3f} {r.id}"))
-        rows.append([rank, r.id, round(r.score, 4), round(r.student_score, 4), round(r.appearance, 3),
-                     round(r.geometry, 3), "" if r.teacher_score is None else round(r.teacher_score, 4), src])
-    timings = {**({"erase": erased_ms} if erased_ms is not None else {}), **q.timings, **out.timings_ms,
-               "composites": (time.perf_counter() - t0) * 1e3}
-    erased = f" · **box erased with** {eraser.description}" if eraser is not None else ""
+        fulls.append(save_output(r.composite))
+        gallery.append((save_output(r.composite.crop(zoom)), f"#{rank} {r.score:.2f}"))
+        rows.append([rank, r.ranked_by, r.id, "" if r.teacher_score is None else round(r.teacher_score, 4),
+                     round(r.student_score, 4), round(r.appearance, 3), round(r.geometry, 3),
+                     "your upload" if r.image is not None else "library"])
+    timings = {**out.timings_ms, "page": (time.perf_counter() - t0) * 1e3}
+    erased = f" · **box erased with** {out.erased_with}" if out.erased_with else ""
+    reranked = sum(r.teacher_score is not None for r in out.results)
+    order = (f"the top {reranked} ranked by the teacher, the rest by the student" if reranked
+             else "ranked by the student")
     info = (f"**backend:** {engine.backend.description} · **candidates:** {out.n_candidates} "
-            f"(scored {out.n_scored}) · **box:** {bg.box}{erased}\n\n"
-            + " · ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
+            f"(scored {out.n_scored}; {order}) · **box:** {out.background.box}{erased}\n\n"
+            + " · ".join(f"{name} {v:.1f} ms" for name, v in timings.items()))
     return gallery, rows, info, (fulls[0] if fulls else None), fulls
 
 
@@ -402,12 +400,12 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
             gallery = gr.Gallery(label="Ranked composites (close-up around the box; click one for the whole photo)",
                                  columns=4, height=420, elem_id="gallery")
             big = gr.Image(label="Selected composite (whole photo)", interactive=False, elem_id="big")
-        table = gr.Dataframe(headers=["rank", "id", "score (ranks them)", "student probability", "appearance logit",
-                                      "geometry logit", "teacher probability", "source"],
-                             label="Ranking. score: the teacher's probability for the reranked top N, the student's for "
-                                   "the rest. student probability = sigmoid(appearance logit + geometry logit): what "
-                                   "the pixels (and, for a student with a photometric term, their colours) say, and "
-                                   "what the box's and the cutout's shape and size say", elem_id="table")
+        table = gr.Dataframe(headers=TABLE_HEADERS,
+                             label="Ranking, best first. With the teacher rerank on, the top N are ranked by the teacher's "
+                                   "probability, the rest by the student's (the gallery shows the ranking model's). "
+                                   "student probability = sigmoid(appearance logit + geometry logit): what the pixels "
+                                   "(and, for a student with a photometric term, their colours) say, and what the box's "
+                                   "and the cutout's shape and size say", elem_id="table")
         if examples:
             ex_choice = gr.Dropdown([f"{e['category']}: {e['file']}" for e in examples], label="Examples",
                                     elem_id="examples")

@@ -104,11 +104,8 @@ def synthetic_library(real, n: int, seed: int = 0):
     emb = rng.normal(size=(n, real.emb.shape[1])).astype(np.float32)
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
     pick = rng.integers(0, len(real), n)
-    items = [{**real.items[i], "id": f"synthetic-{j}", "category": "bench", "path": real.path(i)}
-             for j, i in enumerate(pick)]
-    for it in items:
-        it.pop("file", None)
-    return Library.from_arrays(items, emb, real.fmap[pick], dict(real.meta))
+    items = [{**real.items[i], "id": f"synthetic-{j}", "category": "bench"} for j, i in enumerate(pick)]
+    return Library.from_arrays(items, emb, real.fmap[pick], dict(real.meta), real.root)  # its files are real's
 
 
 def bench_retrieval(backend, real, sizes: list[int], k: int, rerank: int, data: str | None, seconds: float) -> dict:
@@ -179,7 +176,8 @@ def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5) -> l
 
     from fos.data import load_sfosd_test
     from fos.evaluate import query_box
-    from fos.library import Library, write_library
+    from fos.library import Library
+    from fos.library.build import write_library
     from fos.preprocess import load_image
     from fos.search import EngineCfg, SearchEngine
 

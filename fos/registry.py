@@ -1,11 +1,22 @@
-"""One registry for every model variant. Entrypoints only set hyper-parameters."""
+"""One registry for every model variant, and the one place DiscoFOS models are built and loaded.
+Entrypoints only set hyper-parameters. File I/O is :mod:`fos.checkpoint`'s; this module puts it
+together with the architectures of :mod:`fos.models`."""
 from __future__ import annotations
 
 import fnmatch
+import logging
+import os
+import re
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
-from fos.config import ModelCfg
+import torch
+
+from fos.checkpoint import (
+    WeightsError, clean_keys, file_sha256, load_state_dict_checked, read_config, read_state_dict, sidecar,
+)
+from fos.config import ModelCfg, PreprocessCfg
+from fos.errors import UnknownModelError
 
 _REGISTRY: dict[str, Callable[[], ModelCfg]] = {}
 
@@ -85,8 +96,6 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-class UnknownModelError(ValueError):
-    """A model name that is not registered; the message lists the registered ones."""
 
 
 def check_name(name: str) -> str:
@@ -117,3 +126,74 @@ def build_model(name: str, **overrides):
     model = build_from_cfg(model_cfg(name, **overrides))
     model.model_name = name
     return model
+
+
+# --------------------------------------------------------------------------- loading
+def load_checkpoint(path: str, model_name: str | None = None):
+    """Rebuild the model from ``path`` and its JSON config (or from ``model_name``) and load the weights."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file {path} not found")
+    if model_name is None or os.path.isfile(sidecar(path)):
+        info = read_config(path)
+        cfg = ModelCfg.from_dict({**info["model_cfg"], "pretrained": False})
+        model = build_from_cfg(cfg)
+        model.model_name = info.get("model_name", cfg.kind)
+        try:
+            model.preprocess_cfg = PreprocessCfg.from_dict(info.get("preprocess_cfg"))
+        except ValueError as e:
+            raise WeightsError(f"{sidecar(path)}: preprocess_cfg: {e}") from None
+        model.checkpoint_info = info
+        if model_name is not None and cfg.kind not in model_name:
+            raise WeightsError(f"{path} holds a {cfg.kind}, not a {model_name}")
+    else:
+        model = build_model(model_name, pretrained=False)
+        model.preprocess_cfg = PreprocessCfg()
+        model.checkpoint_info = {}
+    load_state_dict_checked(model, clean_keys(read_state_dict(path)), source=path)
+    model.weights_sha256 = file_sha256(path)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- official DiscoFOS layout
+_OFFICIAL_ENCODER = re.compile(r"^(bg|fg)_encoder\.[0-2]\.0\.(\d+)\.(weight|bias)$")
+_OFFICIAL_HEAD = {
+    "distill_module.convs.0.": "head.conv1.",
+    "distill_module.convs.2.": "head.conv2.",
+    "distill_module.classifier.1.": "head.classifier.",
+}
+_OFFICIAL_IGNORED = ("auxiliary_classifier.",)  # the optional encoder classifier; not used at inference
+
+
+def convert_official_student(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official DiscoFOS ``StudentModel`` (VGG19, roiconcat) keys -> ``student_vgg19`` keys.
+
+    Returns the converted dict and the official keys that were deliberately dropped.
+    """
+    out, dropped = {}, []
+    for k, v in clean_keys(sd).items():
+        m = _OFFICIAL_ENCODER.match(k)
+        if m:
+            out[f"{m.group(1)}_encoder.features.{m.group(2)}.{m.group(3)}"] = v
+            continue
+        for src, dst in _OFFICIAL_HEAD.items():
+            if k.startswith(src):
+                out[dst + k[len(src):]] = v
+                break
+        else:
+            if k.startswith(_OFFICIAL_IGNORED):
+                dropped.append(k)
+            else:
+                raise WeightsError(f"unexpected key {k!r} for the official DiscoFOS student layout")
+    return out, dropped
+
+
+def load_official_student(path_or_sd) -> Any:
+    """Load an official DiscoFOS student checkpoint (``checkpoints/sfosd.pth``) into ``student_vgg19``."""
+    sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, str) else path_or_sd
+    converted, dropped = convert_official_student(sd)
+    model = build_model("student_vgg19", pretrained=False)
+    model.preprocess_cfg = PreprocessCfg(student_view="whole")  # the official student sees the whole photo
+    load_state_dict_checked(model, converted, source="official DiscoFOS weights")
+    if dropped:
+        logging.getLogger(__name__).info("official checkpoint: ignored %d auxiliary classifier keys", len(dropped))
+    return model.eval()

@@ -1,7 +1,7 @@
 """The one scoring path. Search, evaluation, the benchmark and the app all score through :class:`Scoring`,
 so a number in the README is what a user gets.
 
-* a query: background + box -> :class:`Query` (prepared once: one background encode);
+* a query: background + box -> :class:`EncodedQuery` (prepared once: one background encode);
 * the student: cached foreground halves (float16, as a library stores them) + the query -> scores;
 * the teacher: a composite per candidate (``stretch``, as trained, or ``fit``, as shown) -> scores.
 """
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fos.composite import teacher_input, teacher_tensor
 from fos.preprocess import (
-    SHAPE_DIM, InputError, PreparedBackground, foreground_input, geometry_batch, prepare_background, teacher_input,
+    SHAPE_DIM, InputError, PreparedBackground, foreground_input, geometry_batch, prepare_background,
 )
 from fos.runtime import Backend
 
@@ -26,7 +27,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Query:
+class EncodedQuery:
     """An encoded background: what every ranking of it reuses."""
 
     bg: PreparedBackground
@@ -47,12 +48,12 @@ class Scoring:
         """Load the background and validate the box (the only place a query box is validated)."""
         return prepare_background(image, box, self.pcfg)
 
-    def encode(self, bg: PreparedBackground, timings: dict[str, float] | None = None) -> Query:
+    def encode(self, bg: PreparedBackground, timings: dict[str, float] | None = None) -> EncodedQuery:
         t0 = time.perf_counter()
         bg_part, emb = self.backend.student_bg(bg.tensor[None].numpy(), bg.crop_box_net[None].numpy())
-        return Query(bg, bg_part, emb[0], {**(timings or {}), "background_encode": (time.perf_counter() - t0) * 1e3})
+        return EncodedQuery(bg, bg_part, emb[0], {**(timings or {}), "background_encode": (time.perf_counter() - t0) * 1e3})
 
-    def query(self, image, box) -> Query:
+    def query(self, image, box) -> EncodedQuery:
         t0 = time.perf_counter()
         bg = self.prepare(image, box)
         return self.encode(bg, {"preprocess": (time.perf_counter() - t0) * 1e3})
@@ -69,18 +70,18 @@ class Scoring:
         return np.concatenate(parts), np.concatenate(embs)
 
     @staticmethod
-    def geometry(q: Query | PreparedBackground, sizes, colours=None, appearance_only: bool = False) -> np.ndarray:
+    def geometry(q: EncodedQuery | PreparedBackground, sizes, colours=None, appearance_only: bool = False) -> np.ndarray:
         """The pair vector (N, 17) of foregrounds of pixel ``sizes`` (N, 2) and colour statistics
         ``colours`` (N, 6) against the query; ``appearance_only`` zeroes the geometry columns, which
         switches the (bias-free) geometry term off (the ablation); the colour columns are appearance
         (what the pixels say) and stay."""
-        bg = q.bg if isinstance(q, Query) else q
+        bg = q.bg if isinstance(q, EncodedQuery) else q
         g = geometry_batch(bg.box, sizes, bg.ring_colour, colours)
         if appearance_only:
             g[:, :SHAPE_DIM] = 0.0
         return g
 
-    def student(self, q: Query, fg_part: np.ndarray, sizes, colours, appearance_only: bool = False) -> np.ndarray:
+    def student(self, q: EncodedQuery, fg_part: np.ndarray, sizes, colours, appearance_only: bool = False) -> np.ndarray:
         """Student scores (N,) of cached foreground halves ``fg_part`` (N, D, a, a) of pixel ``sizes``
         and colour statistics ``colours`` (N, 6) (:func:`fos.preprocess.foreground_colour`)."""
         sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
@@ -95,16 +96,25 @@ class Scoring:
                                                  self.geometry(q, sizes[part], colours[part], appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def teacher(self, q: Query | PreparedBackground, images: list, rule: str = "stretch", appearance_only: bool = False,
-                masks: list | None = None) -> np.ndarray:
+    def teacher(self, q: EncodedQuery | PreparedBackground, images: list, rule: str = "stretch",
+                appearance_only: bool = False, masks: list | None = None) -> np.ndarray:
         """Teacher scores (N,) of cutouts ``images`` (PIL) composited into the query's box by ``rule``."""
-        bg = q.bg if isinstance(q, Query) else q
+        bg = q.bg if isinstance(q, EncodedQuery) else q
         masks = masks or [None] * len(images)
+        return self._teacher(bg, lambda i: teacher_input(bg, images[i], self.pcfg, rule, masks[i]),
+                             [im.size for im in images], appearance_only)
+
+    def teacher_on(self, q: EncodedQuery | PreparedBackground, composites: list, sizes) -> np.ndarray:
+        """Teacher scores (N,) of full-size composites already made (the ones a person is shown) of
+        cutouts of pixel ``sizes``: the same pixels scored as shown, not composited again."""
+        bg = q.bg if isinstance(q, EncodedQuery) else q
+        return self._teacher(bg, lambda i: teacher_tensor(bg, composites[i], self.pcfg), list(sizes))
+
+    def _teacher(self, bg: PreparedBackground, make_input, sizes: list, appearance_only: bool = False) -> np.ndarray:
+        """The teacher on inputs ``make_input(i)`` for i < len(sizes), made a batch at a time."""
         out = []
-        for s in range(0, len(images), self.image_batch):
-            chunk = images[s:s + self.image_batch]
-            x = torch.stack([teacher_input(bg, im, self.pcfg, rule, mask)
-                             for im, mask in zip(chunk, masks[s:s + self.image_batch])]).numpy()
+        for s in range(0, len(sizes), self.image_batch):
+            x = torch.stack([make_input(i) for i in range(s, min(s + self.image_batch, len(sizes)))]).numpy()
             # the teacher reads the geometry columns only (it has no photometric term): no colour statistics
-            out.append(self.backend.teacher(x, self.geometry(bg, [im.size for im in chunk], None, appearance_only)))
+            out.append(self.backend.teacher(x, self.geometry(bg, sizes[s:s + self.image_batch], None, appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)

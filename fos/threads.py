@@ -1,4 +1,5 @@
-"""CPU thread count for torch and ONNX Runtime, the same everywhere (app, search, evaluate, train, bench).
+"""CPU thread count for torch and ONNX Runtime, the same everywhere (app, search, evaluate, train, bench),
+and the one builder of ONNX Runtime sessions (:func:`ort_session`), which applies it.
 
 torch's default (one thread per core, spinning while it waits) collapses when anything else runs on
 the cores: 19 evaluation queries took 12.9 s with 2 threads and 2.1 s with 1 on a busy 2-core machine.
@@ -50,3 +51,22 @@ def set_threads(n: int = 0) -> int:
 def current_threads() -> int:
     """The count :func:`set_threads` chose, else :func:`default_threads`."""
     return _chosen or default_threads()
+
+
+def have_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def ort_session(path: str, providers: list[str] | None = None, threads: int = 0):
+    """An ONNX Runtime session of the graph ``path``: every optimization on, ``threads`` intra-op
+    threads (0: :func:`current_threads`), ``providers`` (default: CPU). The one place sessions are made:
+    the backends' graphs, the inpainter's and u2netp's. onnxruntime is imported here, lazily."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or current_threads()
+    return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
+

@@ -72,26 +72,36 @@ def test_search_end_to_end(app_url):
     c = Client(app_url, verbose=False)
     gallery, table, info, big = search(c)
     rows = table["data"]
+    assert table["headers"] == ["rank", "ranked by", "id", "teacher probability", "student probability",
+                                "appearance logit", "geometry logit", "source"]
     assert len(gallery) == len(rows) == 5
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
-    scores = [r[2] for r in rows]
+    scores = [r[4] for r in rows]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
-    assert all(r[1].startswith("cow/") for r in rows)
+    assert all(r[1] == "student" and r[3] == "" and r[2].startswith("cow/") for r in rows)
+    # short captions: rank and the ranking model's probability (the id is in the table's row)
+    assert [g["caption"] for g in gallery] == [f"#{r[0]} {r[4]:.2f}" for r in rows]
     size = Image.open(BG).size
     # the gallery shows close-ups around the box (twice the box per side, clamped to the photo),
     # the large view the whole composite
     # box (20, 60)-(150, 170), centre (85, 115), 260x220 around it, clamped to 320x213: (0, 5)-(215, 213)
     assert all(Image.open(item["image"]).size == (215, 208) for item in gallery)
     assert Image.open(big).size == size
-    assert "backend:" in info and "background_encode" in info
-    # the teacher rerank fills the teacher column of the top 3
-    _, table, _, _ = search(c, teacher=True)
-    assert all(r[6] != "" for r in table["data"][:3]) and table["data"][3][6] == ""
+    assert "backend:" in info and "background_encode" in info and "rerank" not in info  # no rerank ran
+    assert "ranked by the student" in info
+    # the teacher reranks the top 3: they come first, by teacher probability; the rest by student probability
+    gallery, table, info, _ = search(c, teacher=True)
+    top, rest = table["data"][:3], table["data"][3:]
+    assert [r[1] for r in top] == ["teacher"] * 3 and all(r[1] == "student" and r[3] == "" for r in rest)
+    assert [r[3] for r in top] == sorted((r[3] for r in top), reverse=True)
+    assert [r[4] for r in rest] == sorted((r[4] for r in rest), reverse=True)
+    assert [g["caption"] for g in gallery[:3]] == [f"#{r[0]} {r[3]:.2f}" for r in top]
+    assert "rerank" in info and "the top 3 ranked by the teacher" in info
     # the student's score splits into its appearance and geometry logits
     import math
 
-    for r in table["data"][3:]:
-        assert r[3] == pytest.approx(1 / (1 + math.exp(-(r[4] + r[5]))), abs=2e-3)
+    for r in table["data"]:
+        assert r[4] == pytest.approx(1 / (1 + math.exp(-(r[5] + r[6]))), abs=2e-3)
 
 
 def test_bad_inputs_give_messages_and_the_app_keeps_serving(app_url, tmp_path):
@@ -133,7 +143,7 @@ def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
     assert "1 foreground(s) encoded" in job.result()
     # gradio_client keeps the session, so the next call sees the uploaded cutout
     gallery, table, _, _ = c.predict(ann, "", "cow", 20, False, 3, False, api_name="/search")
-    assert "mine.png" in [r[1] for r in table["data"]]
+    assert "mine.png" in [r[2] for r in table["data"]]
     assert any(r[7] == "your upload" for r in table["data"])
 
 
@@ -159,7 +169,7 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
     assert "typed" in msg2 and "added as" in msg2
     _, table, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, False,
                                api_name="/search")
-    assert any(r[1] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
+    assert any(r[2] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
     with pytest.raises(Exception, match="inside the 320x213 image"):
         c.predict(handle_file(COW_PHOTO), "cow", "0,0,999,50", "grabcut", api_name="/cut_out")
     with pytest.raises(Exception, match="no photo"):
@@ -187,10 +197,10 @@ def test_erase_what_is_in_the_box_first(app_url):
 
 
 def test_eight_clients_at_once(app_url):
-    ref = [r[1] for r in search(Client(app_url, verbose=False))[1]["data"]]
+    ref = [r[2] for r in search(Client(app_url, verbose=False))[1]["data"]]
 
     def one(i):
-        return [r[1] for r in search(Client(app_url, verbose=False))[1]["data"]]
+        return [r[2] for r in search(Client(app_url, verbose=False))[1]["data"]]
 
     with cf.ThreadPoolExecutor(8) as ex:
         results = list(ex.map(one, range(8)))
@@ -277,7 +287,7 @@ def test_bad_start_up_settings_are_one_line(tmp_path):
     checked before any model loads."""
     import json
 
-    from fos.library import write_library
+    from fos.library.build import write_library
     from fos.runtime import TorchBackend
     from tests.conftest import save_tiny
 
@@ -363,3 +373,15 @@ def test_upload_starts_with_no_box_no_erase_and_no_category(app_url):
     with pytest.raises(Exception, match="no box"):
         c.predict({"image": handle_file(BG), "boxes": annot["boxes"]}, "", "cow", 5, False, 3, False,
                   api_name="/search")
+
+
+def test_zoom_box_by_hand():
+    """The close-up around the box: twice the box per side around its centre, at least 96 px, clamped."""
+    from app import zoom_box
+    from fos.preprocess import prepare_background
+
+    bg = prepare_background(Image.new("RGB", (400, 400)), (100, 100, 200, 300))
+    assert zoom_box(bg) == (50, 0, 250, 400)  # centre (150, 200), 200x400 around it, clamped
+    small = prepare_background(Image.new("RGB", (400, 400)), (10, 10, 20, 20))
+    assert zoom_box(small) == (0, 0, 63, 63)  # at least 96 px where the image allows: centre 15 +- 48
+

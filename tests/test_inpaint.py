@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fos.config import InpaintCfg, InpaintTrainCfg
+from fos.inpaint.config import InpaintCfg, InpaintTrainCfg
 from fos.inpaint.infer import Inpainter, load_inpainter, network_inputs, save_inpainter
 from fos.inpaint.masks import box_hole, crop_window, hole_bbox, object_hole
 from fos.inpaint.metrics import l1_in_hole, psnr_in_hole, ssim_in_hole
@@ -165,21 +165,21 @@ def test_weights_round_trip_and_mismatch(tmp_path):
 def test_training_steps_on_real_photos_resume_exactly(data_root, tmp_path, monkeypatch):
     import fos.inpaint.train as tr
 
-    common = dict(data=[data_root], steps=3, batch_size=2, size=64, limit=6, checkpoint_every=1)
+    common = dict(data=[data_root], steps=3, batch_size=2, size=64, limit=6, ckpt_every=1)
     a = tr.fit(InpaintTrainCfg(out=str(tmp_path / "a"), **common), str(tmp_path / "a.safetensors"))
     # the same run, killed right after its step-2 checkpoint, then run again: it resumes there
-    save = tr.atomic_torch_save
+    save = tr.save_resumable
 
-    def save_then_die(obj, path):
-        save(obj, path)
-        if obj["step"] == 2:
+    def save_then_die(path, key, stateful, **state):
+        save(path, key, stateful, **state)
+        if state["step"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(tr, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(tr, "save_resumable", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         tr.fit(InpaintTrainCfg(out=str(tmp_path / "b"), **common), str(tmp_path / "b.safetensors"))
     assert not os.path.exists(tmp_path / "b.safetensors")
-    monkeypatch.setattr(tr, "atomic_torch_save", save)
+    monkeypatch.setattr(tr, "save_resumable", save)
     b = tr.fit(InpaintTrainCfg(out=str(tmp_path / "b"), **common), str(tmp_path / "b.safetensors"))
     ma, mb = load_inpainter(a), load_inpainter(b)
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):

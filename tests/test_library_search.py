@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-import fos.library as L
+import fos.library.build as L
 from fos.checkpoint import file_sha256
-from fos.library import Library, LibraryError, write_library
+from fos.library import Library, LibraryError
+from fos.library.build import write_library
 from fos.library.__main__ import main as library_main
 from fos.library.store import LocalStore, MilvusStore
 from fos.preprocess import InputError, foreground_input, geometry_batch, prepare_background
@@ -182,6 +183,15 @@ def test_other_weights_and_corruption_are_errors(fosd_lib, tmp_path):
     (bad / "library.json").write_text(open(os.path.join(out, "library.json")).read())
     with pytest.raises(LibraryError, match="corrupt or incomplete"):
         Library(str(bad))
+    # a version 1 library (absolute source paths, no copies) is refused with what to do, not read half-way
+    import shutil
+
+    v1 = tmp_path / "v1"
+    shutil.copytree(out, v1)
+    meta = json.loads((v1 / "library.json").read_text())
+    (v1 / "library.json").write_text(json.dumps({**meta, "version": 1}))
+    with pytest.raises(LibraryError, match="is a version 1 library; this fos reads version 2.*build"):
+        Library(str(v1))
 
 
 def test_non_finite_shard_is_refused_with_its_name(fosd_lib, tmp_path, student_path, capsys):
@@ -243,13 +253,48 @@ def test_ranking_without_prefilter_equals_pairwise_scoring(fosd_lib, student_pat
         assert r.score == pytest.approx(pair[r.id], abs=2e-3)  # float16 cache
 
 
+def test_search_photo_makes_each_composite_once_for_the_teacher_and_the_page(fosd_lib, student_path, data_root):
+    """The app's one call: the reranked top N carry the composite the teacher scored (the one shown),
+    the rest their own; the order is the teacher's top N, then the student's rest."""
+    import fos.search as S
+    from fos.composite import composite
+    from fos.search import SearchEngine as Engine
+
+    out, root = fosd_lib
+    eng = Engine(Library(out), load_student(student_path), cfg=EngineCfg(prefilter_k=0))
+    bg_path = os.path.join(root, "test", "bg_set1", eng.lib.items[0]["id"])
+    box = (20, 30, 180, 150)
+    made = []
+    real = S.composite
+    S.composite = lambda *a, **k: made.append(a[1]) or real(*a, **k)
+    try:
+        res = eng.search_photo(bg_path, box, "cat", k=5, rerank=2)
+    finally:
+        S.composite = real
+    assert len(made) == 5  # once per result shown, the reranked two included
+    assert [r.ranked_by for r in res.results] == ["teacher"] * 2 + ["student"] * 3
+    assert res.results[0].teacher_score >= res.results[1].teacher_score
+    assert [r.student_score for r in res.results[2:]] == sorted((r.student_score for r in res.results[2:]), reverse=True)
+    assert "rerank" in res.timings_ms and "composites" in res.timings_ms and res.background.box == box
+    for r in res.results:  # the composite is the one a person is shown: "fit", on the original photo
+        want = composite(res.background, eng.cutout(r), "fit", r.mask, eng.pcfg)
+        assert np.array_equal(np.asarray(r.composite), np.asarray(want)) and r.composite.size == res.background.size
+    top = res.results[:2]
+    again = eng.scoring.teacher_on(res.background, [r.composite for r in top], [eng._size(r) for r in top])
+    assert np.allclose(again, [r.teacher_score for r in top], atol=1e-6)
+    # the same scores as compositing afresh (the teacher's old path)
+    fresh = eng.scoring.teacher(res.background, [eng.cutout(r) for r in top], rule="fit", masks=[r.mask for r in top])
+    assert np.allclose(fresh, again, atol=1e-6)
+
+
 def test_prefilter_keeps_k_and_errors(fosd_lib, student_path, data_root):
     out, root = fosd_lib
     eng = SearchEngine(Library(out), load_student(student_path), cfg=EngineCfg(prefilter_k=3))
     bg_path = os.path.join(root, "test", "bg_set1", eng.lib.items[0]["id"])
     res = eng.query(bg_path, (20, 30, 180, 150), "sheep", k=10)
     assert res.n_scored == 3 and len(res.results) == 3
-    assert {"background_encode", "prefilter", "head", "rerank"} <= res.timings_ms.keys()
+    assert {"background_encode", "prefilter", "head"} <= res.timings_ms.keys()
+    assert "rerank" not in res.timings_ms  # no rerank ran: no "rerank 0.0 ms"
     eng.set_background(bg_path, (20, 30, 180, 150))
     assert len(eng.search("cat", k=2).results) == 2
     with pytest.raises(LibraryError, match="'unicorn' has no items.*'cat'"):
@@ -305,9 +350,10 @@ def test_search_cli_json(fosd_lib, student_path, tmp_path, capsys):
     for r in res:  # score = sigmoid(appearance + geometry)
         assert r["score"] == pytest.approx(1 / (1 + np.exp(-(r["appearance_logit"] + r["geometry_logit"]))), abs=1e-5)
     assert res[0]["score"] >= res[1]["score"] >= res[2]["score"] and res[0]["category"] == "dog"
-    assert search_main(["--library", out, "--background", bg, "--box", "10,10", "--category", "dog",
-                        "--weights", student_path]) == 2
-    assert "--box must be x1,y1,x2,y2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a usage error, before anything is loaded
+        search_main(["--library", out, "--background", bg, "--box", "10,10", "--category", "dog",
+                     "--weights", student_path])
+    assert exit_.value.code == 2 and "--box takes four numbers x1,y1,x2,y2" in capsys.readouterr().err
     assert search_main(["--library", str(tmp_path / "none"), "--background", bg, "--box", "1,1,50,50",
                         "--category", "dog", "--weights", student_path]) == 2
     assert "not a foreground library" in capsys.readouterr().err

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fos.config import WsolCfg, WsolTrainCfg
+from fos.localize.config import WsolCfg, WsolTrainCfg
 from fos.localize import metrics as M
-from fos.localize.data import load_photos, mean_relative_size, vocabulary
+from fos.data.photos import load_photos, mean_relative_size, vocabulary
 from fos.localize.masks import box_to_mask, cutout, grabcut_mask, u2netp_path
 from fos.localize.model import TargetSampleAssigner, WsolNet, dal_loss, kmeans3, mmd_rbf, normalize_cams
 from fos.preprocess import InputError
@@ -183,7 +183,7 @@ def test_fit_saves_reloads_and_resumes(data_root, tmp_path):
     fit(cfg, str(tmp_path / "w2.safetensors"))
     a, b = load_localizer(save).state_dict(), load_localizer(str(tmp_path / "w2.safetensors")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(Exception, match="another configuration"):
+    with pytest.raises(Exception, match="other settings"):
         fit(WsolTrainCfg(**{**cfg.__dict__, "epochs": 3}), save)
 
 

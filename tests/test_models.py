@@ -1,14 +1,13 @@
 import pytest
 import torch
 
-from fos.checkpoint import (
-    WeightsError, convert_official_student, load_checkpoint, load_official_student, load_state_dict_checked,
-    read_state_dict, save_checkpoint,
-)
+from fos.checkpoint import WeightsError, load_state_dict_checked, read_state_dict, save_checkpoint
 from fos.cost import pair_costs
 from fos.models.backbones import VGG19_CFG, load_imagenet_mobilenet_v2
 from fos.config import ModelCfg
-from fos.registry import build_from_cfg, build_model, list_models
+from fos.registry import (
+    build_from_cfg, build_model, convert_official_student, list_models, load_checkpoint, load_official_student, model_cfg,
+)
 
 
 def test_registry_lists_and_rejects_unknown():
@@ -17,16 +16,22 @@ def test_registry_lists_and_rejects_unknown():
         build_model("resnet_9000")
 
 
-def test_model_cfg_defaults_are_the_registered_student_and_old_configs_load():
+def test_model_cfg_defaults_are_the_registered_student_and_incomplete_configs_are_refused():
     from fos.config import ModelCfg
     from fos.registry import model_cfg
 
-    assert ModelCfg() == model_cfg("student")
-    # a config saved before geometry_dims / linear_features existed reads their old values
-    old = ModelCfg.from_dict({"kind": "student", "backbone": "mobilenet_v2"})
-    assert old.geometry_dims == 3 and old.linear_features is False
+    from dataclasses import asdict
+
+    # the default student differs from the shipped one exactly where the shipped head died (ModelCfg's notes)
+    default, shipped = asdict(model_cfg("student")), asdict(model_cfg("student_shipped"))
+    assert {k for k in default if default[k] != shipped[k]} == {"backbone_relu_out", "head_act", "interaction"}
+    # a saved config round-trips
+    assert ModelCfg.from_dict(asdict(model_cfg("teacher_shipped"))) == model_cfg("teacher_shipped")
+    # nothing is guessed: a config that lacks fields (saved by another version) or has unknown ones is refused
+    with pytest.raises(ValueError, match="lacks the fields \\['align_size', .*'sampling_ratio'\\]"):
+        ModelCfg.from_dict({"kind": "student", "backbone": "mobilenet_v2"})
     with pytest.raises(ValueError, match="unknown ModelCfg fields \\['colour'\\]"):
-        ModelCfg.from_dict({"colour": 1})
+        ModelCfg.from_dict({**asdict(ModelCfg()), "colour": 1})
 
 
 def test_tiny_models_run_and_fit_each_other():
@@ -113,8 +118,10 @@ def test_checkpoint_round_trip(tmp_path):
         assert torch.equal(s(x, box, x, torch.zeros(2, 5)), s2(x, box, x, torch.zeros(2, 5)))
 
 
-def test_linear_features_and_configs_saved_before_the_field(tmp_path):
+def test_linear_features_and_sidecars_that_lack_a_field(tmp_path):
     import json
+
+    from fos.registry import model_cfg
 
     s = build_model("student", pretrained=False).eval()
     assert s.cfg.linear_features and not any(isinstance(m, torch.nn.ReLU) for m in s.bg_proj.modules())
@@ -122,26 +129,28 @@ def test_linear_features_and_configs_saved_before_the_field(tmp_path):
         s.head.conv2.bias.fill_(-100.0)
         feat, _ = s.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 5))
     assert (feat < 0).any()
+    relu = build_from_cfg(model_cfg("student", pretrained=False, linear_features=False)).eval()
+    assert isinstance(relu.bg_proj[1], torch.nn.ReLU)
+    with torch.no_grad():
+        feat, _ = relu.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 5))
+    assert (feat >= 0).all()
     path = str(tmp_path / "old.safetensors")
     save_checkpoint(s, path)
-    side = tmp_path / "old.json"  # a sidecar written before linear_features existed: ReLU models
+    side = tmp_path / "old.json"  # a sidecar without a field: refused with its name, never guessed
     info = json.loads(side.read_text())
     del info["model_cfg"]["linear_features"]
     side.write_text(json.dumps(info))
-    old = load_checkpoint(path)
-    assert not old.cfg.linear_features and isinstance(old.bg_proj[1], torch.nn.ReLU)
-    with torch.no_grad():
-        feat, _ = old.fuse(torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7), torch.zeros(2, 5))
-    assert (feat >= 0).all()
+    with pytest.raises(WeightsError, match="lacks the fields \\['linear_features'\\]"):
+        load_checkpoint(path)
 
 
 def test_backbone_ends_linear_and_old_configs_keep_the_relu_stage():
     """New models stop at MobileNetV2's last inverted residual (320 channels, no activation: nothing
-    left to die); configs saved before ``backbone_relu_out`` existed rebuild the 1280-channel ReLU6 stage."""
+    left to die); ``backbone_relu_out`` (the shipped models') rebuilds the 1280-channel ReLU6 stage."""
     t = build_model("teacher", pretrained=False)
     assert len(t.backbone.features) == 18 and t.backbone.out_channels == 320
     assert t.proj[0].in_channels == 320
-    old = ModelCfg.from_dict({"kind": "teacher", "embed_dim": None})
+    old = model_cfg("teacher_shipped", pretrained=False)  # the shipped teacher: the 1280-channel ReLU6 stage
     assert old.backbone_relu_out and build_from_cfg(old).backbone.out_channels == 1280
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():  # a linear output can be negative; a ReLU6 output cannot
@@ -264,14 +273,11 @@ def test_geometry_width_and_models_made_with_three_columns(tmp_path):
     assert geometry_term(s.head.geom_fc, g).item() == pytest.approx(-4 * 0.3 - 2 * 0.5)
     with pytest.raises(ValueError, match="3 columns, this model reads 5"):
         geometry_term(s.head.geom_fc, g[:, :3])
-    # a checkpoint whose config predates geometry_dims has a 3-column geometry layer: it reads the aspect terms
+    # a model with geometry_dims=3 has a 3-column geometry layer: it reads the aspect terms, saved and loaded
     old = build_model("student", pretrained=False, geometry_dims=3).eval()
     path = str(tmp_path / "old.safetensors")
     save_checkpoint(old, path)
-    side = tmp_path / "old.json"
-    info = json.loads(side.read_text())
-    del info["model_cfg"]["geometry_dims"]
-    side.write_text(json.dumps(info))
+    assert json.loads((tmp_path / "old.json").read_text())["model_cfg"]["geometry_dims"] == 3
     loaded = load_checkpoint(path).eval()
     assert loaded.head.geom_fc.in_features == 3
     roi, fmap = torch.randn(1, 128, 7, 7), torch.randn(2, 128, 7, 7)
@@ -284,7 +290,7 @@ def test_geometry_width_and_models_made_with_three_columns(tmp_path):
 
 def test_a_leaky_head_depends_on_the_cutout_even_when_every_unit_is_negative(tmp_path):
     """The shipped ReLU student's head died (every unit below zero): its score ignored the cutout.
-    A leaky head (the default now) still depends on it; old configs still load as ReLU heads."""
+    A leaky head (the default now) still depends on it; a ReLU head saves and loads as one."""
     import json
 
     torch.manual_seed(0)
@@ -298,10 +304,7 @@ def test_a_leaky_head_depends_on_the_cutout_even_when_every_unit_is_negative(tmp
     s = build_model("student_tiny", head_act="relu")
     path = str(tmp_path / "old.safetensors")
     save_checkpoint(s, path)
-    side = tmp_path / "old.json"
-    info = json.loads(side.read_text())
-    del info["model_cfg"]["head_act"]  # a config saved before the field existed
-    side.write_text(json.dumps(info))
+    assert json.loads((tmp_path / "old.json").read_text())["model_cfg"]["head_act"] == "relu"
     assert load_checkpoint(path).head.act == "relu"
 
 
@@ -312,7 +315,7 @@ def test_missing_imagenet_weights_are_a_user_error(monkeypatch):
 
     from fos.cli import user_errors
     from fos.models import backbones
-    from fos.models.backbones import PretrainedWeightsError as WeightsError
+    from fos.errors import WeightsError
 
     assert issubclass(WeightsError, user_errors())
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fos.checkpoint import load_checkpoint
+from fos.registry import load_checkpoint
 from fos.preprocess import InputError, prepare_background
 from fos.runtime import TorchBackend
 from fos.scoring import Scoring
@@ -97,7 +97,8 @@ def test_scoring_refuses_missing_colour_statistics(trained, data_root):
 
 
 def test_library_stores_colours_and_computes_them_for_older_libraries(data_root, tmp_path):
-    from fos.library import Library, write_library
+    from fos.library import Library
+    from fos.library.build import write_library
     from fos.preprocess import foreground_colour, load_image
     from tests.test_data import _copy_test
 

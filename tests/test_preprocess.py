@@ -7,10 +7,10 @@ from PIL import Image
 
 from fos.config import PreprocessCfg
 from fos.data import load_sfosd_test
+from fos.composite import fit_composite, stretch_composite, teacher_input, teacher_view
 from fos.preprocess import (
-    GEOMETRY_DIM, InputError, enlarged_box, fit_composite, foreground_input, geometry_batch, load_image,
-    norm_to_pixel_box, prepare_background, stretch_composite, teacher_input, teacher_view, to_tensor, validate_box,
-    zoom_box,
+    GEOMETRY_DIM, InputError, enlarged_box, foreground_input, geometry_batch, load_image,
+    norm_to_pixel_box, prepare_background, to_tensor, validate_box,
 )
 
 GRAY = (128 / 255 - 0.5) / 0.5
@@ -64,8 +64,9 @@ def test_context_view_hand_computed():
     assert torch.allclose(prep.tensor[:, 20, 20], torch.tensor([1.0, -1.0, -1.0]))
     # clamped at the border: the view stops at the image
     assert prepare_background(solid(400, 400, (255, 0, 0)), (0, 0, 100, 100)).view_box == (0, 0, 150, 150)
-    # configs saved before the field read as the whole photo
-    assert PreprocessCfg.from_dict({"image_size": 224}).student_view == "whole"
+    # a saved config without the field is refused, not read as some default view
+    with pytest.raises(ValueError, match="lacks the fields .*student_view"):
+        PreprocessCfg.from_dict({"image_size": 224})
     with pytest.raises(ValueError, match="student_view"):
         PreprocessCfg(student_view="box")
 
@@ -196,7 +197,7 @@ def test_fit_composite_keeps_aspect_skips_white_and_has_no_fringe():
         fit_composite(bg, solid(10, 10, (255, 255, 255)))
 
 
-def test_teacher_input_by_rule_and_zoom_box():
+def test_teacher_input_by_rule():
     bg = prepare_background(solid(400, 400, (0, 255, 0)), (100, 100, 200, 300))
     fg = solid(50, 50, (0, 0, 255))
     stretch, fit = teacher_input(bg, fg), teacher_input(bg, fg, rule="fit")
@@ -206,7 +207,3 @@ def test_teacher_input_by_rule_and_zoom_box():
     assert blue(fit) == pytest.approx(100 * 100 / (140 * 282), abs=0.02)
     with pytest.raises(InputError, match="unknown composite rule"):
         teacher_input(bg, fg, rule="paste")
-    # twice the box per side around its centre (150, 200), clamped: 200x400 -> (50, 0, 250, 400)
-    assert zoom_box(bg) == (50, 0, 250, 400)
-    small = prepare_background(solid(400, 400, (0, 0, 0)), (10, 10, 20, 20))
-    assert zoom_box(small) == (0, 0, 63, 63)  # at least 96 px where the image allows: centre 15 +- 48

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, save_tiny
+import numpy as np
+
+from tests.conftest import ROOT, SHIPPED, save_tiny
 
 README = os.path.join(ROOT, "README.md")
 
@@ -287,3 +289,29 @@ def test_variants_script(data_root, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["tiny.appearance.loose.json", "tiny.appearance.matched.json",
                                                    "tiny.loose.json", "tiny.matched.json"]
     assert r.stdout.splitlines()[-1].startswith("| tiny | ")
+
+
+# --------------------------------------------------------------------------- what the README says of the shipped weights
+@pytest.mark.skipif(not os.path.exists(SHIPPED), reason="shipped weights missing")
+@pytest.mark.shipped
+def test_readme_says_the_shipped_student_has_one_appearance_logit_per_photo(data_root):
+    """The README's account of the shipped student: its encoders collapsed (stage 18 died) and its ReLU
+    head is dead, so its appearance logit is the same for every cutout of every photo and its ranking is
+    the geometry term alone. A README check, not a quality test: a student that ships with a live
+    appearance term fails it until the README says what it learned."""
+    from fos import evaluate as E
+    from fos.data import load_test
+    from fos.preprocess import load_image, norm_to_pixel_box, prepare_background
+    from fos.scoring import logit
+    from tests.test_evaluate import first_query
+
+    ts = load_test(data_root)
+    scorer = E.make_scorer("student", appearance_only=True)
+    cands, _ = first_query(ts, "cow")
+    scorer.prepare(cands)
+    rows = []
+    for q in ts.categories["cow"].queries[:3]:
+        img = load_image(q.bg_path)
+        bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size), scorer.pcfg)
+        rows.append(logit(scorer.score(bg, cands)))
+    assert np.ptp(np.array(rows)) < 1e-4, np.ptp(np.array(rows))

@@ -6,11 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fos.train as T
-from fos.train.__main__ import main as train_main
-from fos.checkpoint import load_checkpoint, save_checkpoint
+import fos.train.losses as L
+from fos.checkpoint import save_checkpoint
 from fos.config import TrainCfg
-from fos.registry import build_model
+from fos.registry import build_model, load_checkpoint
+from fos.train import fit
+from fos.train.__main__ import main as train_main
+from fos.train.data import PairDataset
+from fos.train.loop import _prepare
 
 
 def cfg(data_root, out, **kw):
@@ -22,13 +25,13 @@ def cfg(data_root, out, **kw):
 
 def test_teacher_steps_on_real_images_and_resume_is_exact(data_root, tmp_path, monkeypatch):
     # uninterrupted: 4 steps (2 epochs of 2 steps)
-    ref = T.fit("teacher", cfg(data_root, tmp_path / "ref"), str(tmp_path / "ref.safetensors"))
+    ref = fit("teacher", cfg(data_root, tmp_path / "ref"), str(tmp_path / "ref.safetensors"))
     lines = [json.loads(x) for x in open(tmp_path / "ref" / "log.jsonl")]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
 
     # interrupted during step 3, then resumed by running the same command again
-    real, calls = T.step_losses, {"n": 0}
+    real, calls = L.step_losses, {"n": 0}
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -36,14 +39,14 @@ def test_teacher_steps_on_real_images_and_resume_is_exact(data_root, tmp_path, m
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(T, "step_losses", flaky)
+    monkeypatch.setattr(L, "step_losses", flaky)
     c = cfg(data_root, tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        T.fit("teacher", c, str(tmp_path / "run.safetensors"))
+        fit("teacher", c, str(tmp_path / "run.safetensors"))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 2
     assert not os.path.exists(tmp_path / "run.safetensors")
-    monkeypatch.setattr(T, "step_losses", real)
-    T.fit("teacher", c, str(tmp_path / "run.safetensors"))
+    monkeypatch.setattr(L, "step_losses", real)
+    fit("teacher", c, str(tmp_path / "run.safetensors"))
     a, b = load_file(ref), load_file(str(tmp_path / "run.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
@@ -52,14 +55,14 @@ def test_teacher_steps_on_real_images_and_resume_is_exact(data_root, tmp_path, m
     assert info["steps"] == 4 and info["model_name"] == "teacher"
     # another configuration on the same run folder is refused, not silently mixed
     with pytest.raises(ValueError, match="other settings"):
-        T.fit("teacher", cfg(data_root, tmp_path / "run", lr=1.0), str(tmp_path / "x.safetensors"))
+        fit("teacher", cfg(data_root, tmp_path / "run", lr=1.0), str(tmp_path / "x.safetensors"))
 
 
 def test_student_step_on_real_images(data_root, tmp_path):
     teacher = build_model("teacher", pretrained=False).eval()
     tpath = str(tmp_path / "teacher.safetensors")
     save_checkpoint(teacher, tpath)
-    out = T.fit("student", cfg(data_root, tmp_path / "s", epochs=1, limit=2, teacher=tpath),
+    out = fit("student", cfg(data_root, tmp_path / "s", epochs=1, limit=2, teacher=tpath),
                 str(tmp_path / "student.safetensors"))
     log = [json.loads(x) for x in open(tmp_path / "s" / "log.jsonl")]
     assert len(log) == 1 and {"triplet", "distill", "bce", "loss"} <= log[0].keys()
@@ -73,7 +76,7 @@ def test_losses_hand_computed():
     p = torch.tensor([[1.0, 0.0]])  # distance 0
     n = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # distances 1 and 0
     # relu(0 - 1 + 0.1) = 0, relu(0 - 0 + 0.1) = 0.1 -> mean 0.05
-    assert T.triplet_loss(a, p, n, 0.1).item() == pytest.approx(0.05)
+    assert L.triplet_loss(a, p, n, 0.1).item() == pytest.approx(0.05)
 
 
 def test_negative_backgrounds(data_root):
@@ -84,19 +87,19 @@ def test_negative_backgrounds(data_root):
 
     recs = [r for r in load_train(data_root) if r.category == "cat"][:3]
     c = cfg(data_root, "unused", num_neg=1, neg_bg=1, aug_prob=0.0, w_rank=1.0, w_kd=0.5)
-    teacher_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=False)
+    teacher_ds = PairDataset(recs, c, PreprocessCfg(), student_inputs=False)
     item = teacher_ds[0]
     # own cutout on its background (1), one other cutout (0), own cutout on another cat background (0)
     assert item["comp"].shape == (3, 3, 224, 224) and item["label"].tolist() == [1.0, 0.0, 0.0]
     assert not torch.equal(item["comp"][2], item["comp"][0])  # a different background around the cutout
-    student_ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
+    student_ds = PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
     s_item = student_ds[0]
     assert s_item["nbg"].shape == (1, 3, 224, 224) and s_item["ngeom"].shape == (1, 17)
     assert s_item["comp"].shape[0] == 2  # distillation targets only for the pairs on the own background
     assert not torch.equal(s_item["nbg"][0], s_item["bg"])
     batch = default_collate([student_ds[0], student_ds[1]])
     student, teacher = build_model("student", pretrained=False), build_model("teacher", pretrained=False)
-    parts = T.step_losses("student", student, teacher, batch, c)
+    parts = L.step_losses("student", student, teacher, batch, c)
     assert all(torch.isfinite(v) for v in parts.values()) and {"rank", "kd"} <= parts.keys()
     assert parts["loss"].item() == pytest.approx(
         sum(parts[k].item() for k in ("triplet", "distill", "bce", "rank")) + 0.5 * parts["kd"].item(), rel=1e-5)
@@ -105,15 +108,15 @@ def test_negative_backgrounds(data_root):
     with torch.no_grad():
         student.head.geom_fc.weight.fill_(3.0)
         teacher.geom_fc.weight.fill_(-2.0)
-    app = T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, w_kd=1.0,
+    app = L.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, w_kd=1.0,
                                                                  kd_on="appearance"))
     with torch.no_grad():
         student.head.geom_fc.weight.zero_()
         teacher.geom_fc.weight.zero_()
-    zero = T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, w_kd=1.0))
+    zero = L.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, w_kd=1.0))
     assert app["kd"].item() == pytest.approx(zero["kd"].item(), rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="kd-on"):
-        T.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, kd_on="pixels"))
+        L.step_losses("student", student, teacher, batch, cfg(data_root, "unused", num_neg=1, neg_bg=1, kd_on="pixels"))
 
 
 def test_relit_negatives_differ_from_the_positive_only_in_lighting(data_root):
@@ -126,7 +129,7 @@ def test_relit_negatives_differ_from_the_positive_only_in_lighting(data_root):
 
     recs = [r for r in load_train(data_root) if r.category == "cow"][:3]
     c = cfg(data_root, "unused", num_neg=1, neg_relight=2, relight_prob=1.0, aug_prob=0.0, box_jitter=0.0)
-    ds = T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
+    ds = PairDataset(recs, c, PreprocessCfg(), student_inputs=True)
     item = ds[0]
     assert item["label"].tolist() == [1.0, 0.0, 0.0, 0.0] and item["fg"].shape[0] == 4
     pos, relit = item["fg"][0], item["fg"][2:]
@@ -136,13 +139,13 @@ def test_relit_negatives_differ_from_the_positive_only_in_lighting(data_root):
     assert torch.equal(item["geom"][2, :5], item["geom"][0, :5])  # same cutout, same box: same geometry ...
     assert not torch.equal(item["geom"][2, 11:], item["geom"][0, 11:])  # ... but other colour statistics
     # the background was changed too: it differs from the stored photo outside the box
-    plain = T.PairDataset(recs, cfg(data_root, "unused", num_neg=1, aug_prob=0.0, box_jitter=0.0), PreprocessCfg(),
+    plain = PairDataset(recs, cfg(data_root, "unused", num_neg=1, aug_prob=0.0, box_jitter=0.0), PreprocessCfg(),
                           student_inputs=True)[0]
     assert not torch.equal(item["bg"], plain["bg"])
-    assert torch.equal(T.PairDataset(recs, c, PreprocessCfg(), student_inputs=True)[0]["fg"], item["fg"])  # seeded
+    assert torch.equal(PairDataset(recs, c, PreprocessCfg(), student_inputs=True)[0]["fg"], item["fg"])  # seeded
     batch = default_collate([ds[0], ds[1]])
     student, teacher = build_model("student", pretrained=False), build_model("teacher", pretrained=False)
-    parts = T.step_losses("student", student, teacher, batch, c)
+    parts = L.step_losses("student", student, teacher, batch, c)
     assert all(torch.isfinite(v) for v in parts.values())
 
 
@@ -151,7 +154,7 @@ def test_hard_negatives_are_the_closest_in_aspect(data_root):
     from fos.data import load_train
 
     recs = [r for r in load_train(data_root) if r.category == "cow"]
-    ds = T.PairDataset(recs, cfg(data_root, "unused", num_neg=2, hard_neg=1.0, aug_prob=0.0), PreprocessCfg(),
+    ds = PairDataset(recs, cfg(data_root, "unused", num_neg=2, hard_neg=1.0, aug_prob=0.0), PreprocessCfg(),
                        student_inputs=False)
     logar = {n: math.log(w / h) for n, (w, h) in ds.fg_size.items()}
     for i in range(3):
@@ -194,11 +197,11 @@ def test_two_gloo_processes_train_identical_weights_and_the_loss_falls(data_root
     # the loss on the 8 training backgrounds (epoch 0's draws), before and after
     c = cfg(data_root, out, model="teacher_tiny", limit=8, num_neg=1, aug_prob=0.0, box_jitter=0.0, seed=3)
     torch.manual_seed(c.seed)
-    before, _ = T._prepare("teacher", c)
+    before, _ = _prepare("teacher", c)
     after = load_checkpoint(str(save))
-    ds = T.PairDataset(load_train(data_root)[:8], c, PreprocessCfg(), student_inputs=False)
+    ds = PairDataset(load_train(data_root)[:8], c, PreprocessCfg(), student_inputs=False)
     batch = default_collate([ds[i] for i in range(8)])
     with torch.no_grad():
-        l0 = T.step_losses("teacher", before.eval(), None, batch, c)["loss"].item()
-        l1 = T.step_losses("teacher", after.eval(), None, batch, c)["loss"].item()
+        l0 = L.step_losses("teacher", before.eval(), None, batch, c)["loss"].item()
+        l1 = L.step_losses("teacher", after.eval(), None, batch, c)["loss"].item()
     assert l1 < l0, (l0, l1)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fos.errors import DatasetError
 
-class DatasetError(ValueError):
-    """A malformed or incomplete dataset. The message names the file and the entry."""
+
 
 
 def read_json(path: str):
@@ -54,6 +54,121 @@ def mask_path(root: str, split: str, name: str) -> str:
     """FOSD mask location ``<split>/labels/masks/<K>/<stem>.png`` (K: first character, upper-cased)."""
     stem = os.path.splitext(name)[0]
     return os.path.join(root, split, "labels", "masks", stem[0].upper(), stem + ".png")
+
+
+def read_path_table(path: str, default_category: str | None = None) -> list[dict]:
+    """The rows of a table of files: a CSV with a header holding ``path,category`` (more columns are kept)
+    or a JSON list of objects with those keys. ``path`` (and ``mask``, when given) are resolved against
+    the table's folder; a row without a category takes ``default_category``. The one reader of
+    ``fos.library build --src TABLE`` and ``fos.library grow --photos TABLE``."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: file not found")
+    if path.endswith(".json"):
+        rows = read_json(path)
+        if not isinstance(rows, list):
+            raise DatasetError(f"{path}: expected a list of {{\"path\": ..., \"category\": ...}}")
+        first = 1
+    else:
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames or not {"path", "category"} <= set(reader.fieldnames):
+                    raise DatasetError(f"{path}: the CSV needs a header with the columns path,category "
+                                       f"(got {reader.fieldnames})")
+                rows = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DatasetError(f"{path}: could not be read as CSV ({e})") from e
+        first = 2  # the header is line 1
+    if not rows:
+        raise DatasetError(f"{path} lists no items (it needs rows of path,category)")
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not r.get("path") or not (r.get("category") or default_category):
+            raise DatasetError(f"{path}: row {i + first} needs a path and a category, got {r!r}")
+        row = {**r, "category": r.get("category") or default_category}
+        for key in ("path", "mask"):
+            if row.get(key) and not os.path.isabs(row[key]):
+                row[key] = os.path.join(base, row[key])
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- instances
+def train_instances(root: str) -> list[tuple[str, str, list[float]]]:
+    """(name, class, normalized box) of every training instance of a FOSD root
+    (``train/labels/train_sfosd.json``, else ``train_rfosd.json``); [] when it has neither."""
+    for labels in ("train_sfosd.json", "train_rfosd.json"):
+        p = os.path.join(root, "train", "labels", labels)
+        if os.path.exists(p):
+            anno = read_json(p)
+            if not isinstance(anno, dict):
+                raise DatasetError(f"{p}: expected an object {{file: {{bbox, class, ...}}}}")
+            out = []
+            for name, e in anno.items():
+                if not isinstance(e, dict) or "class" not in e:
+                    raise DatasetError(f"{p}: entry {name!r}: missing 'class'")
+                out.append((name, str(e["class"]), check_norm_box(e.get("bbox"), p, name)))
+            return out
+    return []
+
+
+def _set1_path(root: str) -> str | None:
+    labels = os.path.join(root, "test", "labels")
+    return _first_existing([os.path.join(labels, n) for n in ("test_set1.json", "test.json")])
+
+
+def _read_set1(p: str) -> dict:
+    anno = read_json(p)
+    if not isinstance(anno, dict):
+        raise DatasetError(f"{p}: expected an object {{class: {{\"bg\": [[file, bbox], ...], \"fg\": [...]}}}}")
+    for cls, e in anno.items():
+        if not isinstance(e, dict) or not isinstance(e.get("bg", []), list) or not isinstance(e.get("fg", []), list):
+            raise DatasetError(f"{p}: class {cls!r}: expected {{\"bg\": [[file, bbox], ...], \"fg\": [file, ...]}}")
+    return anno
+
+
+def query_instances(root: str) -> list[tuple[str, str, list[float]]]:
+    """(name, class, normalized box) of the queries of S-FOSD test set 1 (``test/labels/test_set1.json``)."""
+    p = _set1_path(root)
+    if p is None:
+        raise DatasetError(f"{os.path.join(root, 'test', 'labels')}: neither test_set1.json nor test.json exists")
+    out = []
+    for cls, e in _read_set1(p).items():
+        for item in e.get("bg", []):
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise DatasetError(f"{p}: class {cls!r}: bg entries must be [file, bbox], got {item!r}")
+            out.append((str(item[0]), str(cls), check_norm_box(item[1], p, str(item[0]))))
+    return out
+
+
+def candidate_foregrounds(root: str) -> list[tuple[str, str]]:
+    """(name, class) of the test candidates: test set 1's ``fg`` lists, then the foregrounds that only
+    test set 2 labels, each once; [] when the root has neither file."""
+    out, seen = [], set()
+    p = _set1_path(root)
+    if p is not None:
+        for cls, e in _read_set1(p).items():
+            for name in e.get("fg", []):
+                out.append((str(name), str(cls)))
+                seen.add(name)
+    p2 = os.path.join(root, "test", "labels", "test_set2.json")
+    if os.path.exists(p2):
+        anno = read_json(p2)
+        if not isinstance(anno, dict):
+            raise DatasetError(f"{p2}: expected an object {{class: {{bg_file: [bbox, {{fg_file: 0 or 1}}]}}}}")
+        for cls, bgs in anno.items():
+            for entry in (bgs.values() if isinstance(bgs, dict) else []):
+                labels = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+                if not isinstance(labels, dict):
+                    raise DatasetError(f"{p2}: class {cls!r}: expected {{bg_file: [bbox, {{fg_file: 0 or 1}}]}}")
+                for name in labels:
+                    if name not in seen:
+                        out.append((str(name), str(cls)))
+                        seen.add(name)
+    return out
 
 
 # --------------------------------------------------------------------------- train

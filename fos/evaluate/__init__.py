@@ -17,14 +17,15 @@ import random
 import numpy as np
 from tqdm import tqdm
 
-from fos.checkpoint import WeightsError, load_checkpoint, load_official_student
+from fos.checkpoint import WeightsError
+from fos.composite import COMPOSITES
 from fos.data import TestSet
 from fos.evaluate.baselines import BASELINES, Candidates, Scorer
 from fos.evaluate.metrics import average_over_categories, rfosd_metrics, sfosd_metrics
 from fos.preprocess import (
-    COMPOSITES, InputError, foreground_colour, jitter_box, load_image, norm_to_pixel_box, prepare_background,
+    InputError, foreground_colour, jitter_box, load_image, norm_to_pixel_box, prepare_background,
 )
-from fos.registry import check_name
+from fos.registry import check_name, load_checkpoint, load_official_student
 from fos.runtime import Backend, TorchBackend, get_backend
 from fos.scoring import Scoring
 

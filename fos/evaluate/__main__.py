@@ -12,7 +12,7 @@ from fos.evaluate import (
 )
 from fos.evaluate.baselines import BASELINES
 from fos.evaluate.harmony import N_CASTS, evaluate_harmony
-from fos.preprocess import COMPOSITES
+from fos.composite import COMPOSITES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(BASELINES)}")
     p.add_argument("--weights", default="weights", help="weights folder (teacher.safetensors, student.safetensors)")
     p.add_argument("--checkpoint", help="one checkpoint file instead of the weights folder (torch backend)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                   help="run trained models through this backend (auto: as the search and the app)")
+    cli.add_backend(p, "run trained models through this backend (auto: as the search and the app)")
     p.add_argument("--composite", default="stretch", choices=COMPOSITES,
                    help="teacher: stretch (DiscoFOS's composite, what it was trained on) or fit (what the app shows)")
     p.add_argument("--set", default="auto", choices=["auto", "sfosd", "rfosd"], help="which test set")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fos.config import PreprocessCfg, TrainCfg
+from fos.composite import context_crop
 from fos.preprocess import (
-    PreparedBackground, context_crop, foreground_input, foreground_mask, geometry_batch, ring_pixels, to_tensor,
+    PreparedBackground, foreground_input, foreground_mask, geometry_batch, ring_pixels, to_tensor,
 )
 
 

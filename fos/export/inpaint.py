@@ -40,7 +40,7 @@ def real_crops(data_root: str | None, n: int = 4, size: int = 128, seed: int = 0
     rng = np.random.default_rng(seed)
     paths = []
     if data_root and os.path.isdir(os.path.join(data_root, "photos")):
-        from fos.localize.data import load_photos
+        from fos.data.photos import load_photos
 
         paths = [ph.path for ph in load_photos(data_root, "test")[:n]]
     if not paths:
@@ -76,10 +76,10 @@ def export_inpainter(weights: str = DEFAULT_WEIGHTS, out: str | None = None, dat
     meta = {"source": os.path.abspath(weights), "opset": OPSET, "inputs": {"image": ["batch", 3, s, s],
             "mask": ["batch", 1, s, s]}, "outputs": ["filled"], "sha256": file_sha256(out)}
     if check:
-        import onnxruntime as ort
+        from fos.threads import ort_session
 
         img, mask = real_crops(data, size=s)
-        sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+        sess = ort_session(out)
         got = sess.run(["filled"], {"image": img, "mask": mask})[0]
         want = Inpainter("spl", model=model).run_network(img, mask)
         diff = float(np.abs(got - want).max())

@@ -16,7 +16,8 @@ import warnings
 import torch
 from torch import nn
 
-from fos.checkpoint import atomic_write_json, file_sha256 as sha256, load_checkpoint
+from fos.checkpoint import atomic_write_json, file_sha256 as sha256
+from fos.registry import load_checkpoint
 from fos.config import PreprocessCfg
 from fos.preprocess import GEOMETRY_DIM
 from fos.runtime import GRAPHS, OrtBackend, TorchBackend
@@ -170,8 +171,9 @@ def real_inputs(data_root: str | None, n: int = 4, pcfg: PreprocessCfg | None = 
     import numpy as np
 
     from fos.data import load_test
+    from fos.composite import teacher_input
     from fos.preprocess import (
-        foreground_colour, foreground_input, geometry_batch, load_image, teacher_input, norm_to_pixel_box, prepare_background,
+        foreground_colour, foreground_input, geometry_batch, load_image, norm_to_pixel_box, prepare_background,
     )
 
     pcfg = pcfg or PreprocessCfg()

@@ -13,25 +13,14 @@ from fos.inpaint.infer import DEFAULT_WEIGHTS, METHODS, Inpainter
 from fos.preprocess import InputError
 
 
-def parse_box(text: str) -> tuple[float, ...]:
-    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
-    try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--box takes four numbers x1,y1,x2,y2 in pixels, got {text!r}") from None
-    if len(vals) != 4:
-        raise argparse.ArgumentTypeError(f"--box takes four numbers x1,y1,x2,y2 in pixels, got {text!r}")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.inpaint", description=__doc__)
     p.add_argument("--image", required=True, help="the photo (PNG or JPEG; grayscale and RGBA are converted to RGB)")
-    p.add_argument("--box", required=True, type=parse_box, help="x1,y1,x2,y2 in pixels, x2/y2 exclusive")
+    p.add_argument("--box", required=True, type=cli.box, help="x1,y1,x2,y2 in pixels, x2/y2 exclusive")
     p.add_argument("--out", required=True, help="where to write the filled photo (.png or .jpg)")
     p.add_argument("--method", choices=METHODS, default="spl")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="SPL weights (method spl)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto")
+    cli.add_backend(p, "spl only: torch, or onnxruntime when the exported graph is current", ("torch", "onnxruntime"))
     cli.add_threads(p)
     return p
 

@@ -26,7 +26,7 @@ from fos.data import DatasetError
 from fos.inpaint.infer import DEFAULT_WEIGHTS, Inpainter
 from fos.inpaint.masks import box_hole, crop_window, hole_bbox, load_shapes, object_hole
 from fos.inpaint.metrics import l1_in_hole, psnr_in_hole, ssim_in_hole
-from fos.localize.data import load_photos
+from fos.data.photos import load_photos
 from fos.preprocess import load_image
 
 log = logging.getLogger("fos.inpaint.evaluate")

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, file_sha256, load_paired,
-                            read_config, sidecar, state_dict_cpu)
-from fos.config import InpaintCfg, to_dict
+from fos.checkpoint import file_sha256, load_paired, save_paired, sidecar, stale_source
+from fos.config import to_dict
+from fos.inpaint.config import InpaintCfg
 from fos.inpaint.masks import crop_window, hole_bbox
 from fos.inpaint.model import SPLNet
+from fos.threads import have_onnxruntime, ort_session
 from fos.preprocess import RESAMPLE, InputError, load_image, validate_box
 
 DEFAULT_WEIGHTS = os.path.join("weights", "inpaint.safetensors")
@@ -37,20 +38,13 @@ log = logging.getLogger("fos.inpaint")
 
 
 def save_inpainter(model: SPLNet, path: str, **meta) -> None:
-    from safetensors.torch import save
-
-    atomic_write_bytes(path, save(state_dict_cpu(model)))
-    atomic_write_json(sidecar(path), {"model_name": "inpaint", "inpaint_cfg": to_dict(model.cfg), **meta})
+    save_paired(model, path, model_name="inpaint", inpaint_cfg=to_dict(model.cfg), **meta)
 
 
 def load_inpainter(path: str = DEFAULT_WEIGHTS) -> SPLNet:
-    if not os.path.isfile(path):
-        raise WeightsError(f"inpainting weights {path} not found; train them with `python -m fos.inpaint.train`, "
-                           "pass --weights, or use --method telea|ns")
-    info = read_config(path, "inpaint_cfg", InpaintCfg, "it is written by python -m fos.inpaint.train",
-                       "an inpainting config")
-    model = SPLNet(InpaintCfg.from_dict(info["inpaint_cfg"]))
-    return load_paired(model, path, info)
+    return load_paired(path, "inpaint_cfg", InpaintCfg, SPLNet,
+                       "train them with `python -m fos.inpaint.train`, pass --weights, or use --method telea|ns",
+                       "inpainting")
 
 
 def onnx_path(weights: str) -> str:
@@ -67,9 +61,7 @@ def onnx_problem(weights: str) -> str | None:
             meta = json.load(f)
     except (OSError, ValueError) as e:
         return f"{sidecar(path)} is unreadable ({e})"
-    if meta.get("source_sha256") != file_sha256(weights):
-        return f"{path} was exported from other weights"
-    return None
+    return stale_source(meta.get("source_sha256"), file_sha256(weights), path, weights) or None
 
 
 def network_inputs(crop: np.ndarray, hole: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,16 +104,8 @@ class Inpainter:
         self.backend = "torch"
         if model is None and backend in ("auto", "onnxruntime"):
             problem = onnx_problem(weights)
-            import importlib.util
-
-            if problem is None and importlib.util.find_spec("onnxruntime") is not None:
-                import onnxruntime as ort
-
-                from fos.threads import current_threads
-
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = current_threads()
-                self.session = ort.InferenceSession(onnx_path(weights), so, providers=["CPUExecutionProvider"])
+            if problem is None and have_onnxruntime():
+                self.session = ort_session(onnx_path(weights))
                 self.backend = "onnxruntime"
             elif backend == "onnxruntime":
                 why = problem or "onnxruntime is not installed"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fos.config import InpaintCfg
+from fos.inpaint.config import InpaintCfg
 
 PRIOR_CHANNELS = {6: 32, 13: 96}  # MobileNetV2 stage -> output channels (stage 6: stride 8, 13: stride 16)
 

@@ -19,7 +19,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -27,13 +26,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from fos import cli
-from fos.checkpoint import atomic_torch_save
-from fos.config import InpaintCfg, InpaintTrainCfg, to_dict
+from fos.checkpoint import resume, save_resumable
+from fos.config import to_dict
+from fos.inpaint.config import InpaintCfg, InpaintTrainCfg
 from fos.data import DatasetError
 from fos.inpaint.infer import DEFAULT_WEIGHTS, save_inpainter
 from fos.inpaint.masks import box_hole, load_shapes, object_hole
 from fos.inpaint.model import PriorNet, SPLNet
-from fos.localize.data import load_photo_roots
+from fos.data.photos import load_photo_roots
 from fos.preprocess import RESAMPLE, load_image
 
 log = logging.getLogger("fos.inpaint.train")
@@ -115,15 +115,10 @@ def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt = os.path.join(cfg.out, "last.pt")
-    step, history, elapsed = 0, [], 0.0
-    if os.path.exists(ckpt) and not restart:
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if st.get("cfg") != to_dict(cfg):
-            raise DatasetError(f"{ckpt} was written by another configuration; pass --restart to start over "
-                               "or choose another --out")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step, history, elapsed = st["step"], st["history"], st["elapsed"]
+    key, stateful = {"cfg": to_dict(cfg)}, {"model": model, "opt": opt}
+    state = resume(ckpt, key, stateful, restart)
+    step, history, elapsed = state.get("step", 0), state.get("history", []), state.get("elapsed", 0.0)
+    if state:
         log.info("resuming %s at step %d", ckpt, step)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train inpaint ({cfg.variant}{'' if cfg.prior else ', no prior'})",
                unit="step", dynamic_ncols=True)
@@ -144,11 +139,10 @@ def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.update(1)
         bar.set_postfix({k: f"{v / n:.4f}" for k, v in sums.items() if k != "total"})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
             history.append({"step": step, **{k: round(v / n, 5) for k, v in sums.items()}})
             sums, n = {}, 0
-            atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
-                               "elapsed": elapsed + time.time() - t0, "cfg": to_dict(cfg)}, ckpt)
+            save_resumable(ckpt, key, stateful, step=step, history=history, elapsed=elapsed + time.time() - t0)
     bar.close()
     elapsed += time.time() - t0
     model.eval()
@@ -161,35 +155,24 @@ def fit(cfg: InpaintTrainCfg, save: str, restart: bool = False, command: str = "
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.inpaint.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p, InpaintTrainCfg(), ("out", "threads", "data", "variant", "prior", "init"))
+    cli.add_training_args(p, InpaintTrainCfg(), ("variant", "prior", "init"), "runs/inpaint-<variant>", DEFAULT_WEIGHTS)
     p.add_argument("--variant", choices=["spade", "concat"], default="spade",
                    help="spade: priors modulate the decoder (SPL); concat: the paper's ablation")
     p.add_argument("--init", choices=["gray", "telea"], default="gray",
                    help="gray: the paper's masked input; telea: the hole pre-filled by Telea, which the "
                         "generator corrects")
     p.add_argument("--no-prior", action="store_true", help="no semantic supervision (the paper's ablation)")
-    p.add_argument("--data", action="append", default=None,
-                   help=f"FOSD root with photos/; repeat for several (default {InpaintTrainCfg().data[0]})")
-    p.add_argument("--out", default=None, help="run folder for the checkpoint (default runs/inpaint-<variant>)")
-    p.add_argument("--save", default=None, help=f"final weights (default {DEFAULT_WEIGHTS})")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    cli.add_threads(p)
     return p
 
 
 def main(argv=None) -> int:
-    names = [f for f in asdict(InpaintTrainCfg()) if f not in ("out", "data", "variant", "prior", "init")]
+    def tag(a) -> str:
+        return a.variant + ("-noprior" if a.no_prior else "") + ("-telea" if a.init == "telea" else "")
 
-    def run(a) -> int:
-        tag = a.variant + ("-noprior" if a.no_prior else "") + ("-telea" if a.init == "telea" else "")
-        cfg = InpaintTrainCfg(out=a.out or f"runs/inpaint-{tag}", data=a.data or InpaintTrainCfg().data,
-                              variant=a.variant, prior=not a.no_prior, init=a.init,
-                              **{f: getattr(a, f) for f in names})
-        fit(cfg, a.save or DEFAULT_WEIGHTS, a.restart,
-            command="python -m fos.inpaint.train " + " ".join(argv if argv is not None else sys.argv[1:]))
-        return 0
-
-    return cli.run(run, build_parser(), argv, interrupted=lambda a: "interrupted; rerun the same command to resume")
+    return cli.run_training("fos.inpaint.train", build_parser(), argv, InpaintTrainCfg, lambda a: fit,
+                            out=lambda a: f"runs/inpaint-{tag(a)}", save=lambda a: DEFAULT_WEIGHTS,
+                            skip=("variant", "prior", "init"), variant=lambda a: a.variant,
+                            prior=lambda a: not a.no_prior, init=lambda a: a.init)
 
 
 if __name__ == "__main__":

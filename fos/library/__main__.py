@@ -8,7 +8,8 @@ import os
 import sys
 
 from fos import cli
-from fos.library import BATCH, Library, LibraryError, __doc__ as DOC, write_library
+from fos.library import Library, LibraryError, __doc__ as DOC
+from fos.library.build import BATCH, write_library
 from fos.runtime import get_backend
 
 log = logging.getLogger("fos.library")
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grow: skip photos whose score is under this (default: the localizer's)")
     p.add_argument("--out", "--library", dest="out", required=True, help="library folder")
     p.add_argument("--weights", default="weights", help="folder with student.safetensors")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    cli.add_backend(p)
     p.add_argument("--batch-size", type=cli.positive_int, default=BATCH, help="items encoded and staged at a time")
     cli.add_threads(p)
     return p
@@ -56,7 +57,7 @@ def run(a) -> int:
 
 
 def run_grow(a) -> int:
-    from fos.library.grow import grow
+    from fos.localize.grow import grow
     from fos.localize.infer import Localizer
 
     if not a.photos:

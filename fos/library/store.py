@@ -15,6 +15,8 @@ import logging
 
 import numpy as np
 
+from fos.config import INDEXES
+
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about missing AVX512 builds
 
 
@@ -42,7 +44,7 @@ APPROX_MIN = 4096  # categories with fewer vectors get an exact index whatever -
 
 class LocalStore(VectorStore):
     def __init__(self, index: str = "flat", use_faiss: bool | None = None):
-        if index not in ("flat", "hnsw", "ivf"):
+        if index not in INDEXES:
             raise ValueError(f"unknown index {index!r}; use flat (exact), hnsw or ivf")
         self.kind = index
         has = importlib.util.find_spec("faiss") is not None

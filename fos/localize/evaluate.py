@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from fos import cli
-from fos.localize.data import Photo, load_photo_roots, mean_relative_size
+from fos.data.photos import Photo, load_photo_roots, mean_relative_size
 from fos.localize.infer import Localizer
 from fos.localize.masks import METHODS, box_to_mask, u2netp_path
 from fos.localize.metrics import (IOU_THRESHOLDS, best_iou, box_accuracy_curve, cam_box, mask_iou, max_box_acc_v2,

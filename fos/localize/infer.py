@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fos.checkpoint import (WeightsError, atomic_write_bytes, atomic_write_json, load_paired,
-                            read_config, sidecar, state_dict_cpu)
-from fos.config import WsolCfg, to_dict
+from fos.checkpoint import load_paired, save_paired
+from fos.config import to_dict
+from fos.localize.config import WsolCfg
 from fos.localize.masks import METHODS, box_to_mask, cutout, u2netp_path
 from fos.localize.metrics import cam_box
 from fos.localize.model import WsolNet, normalize_cams, upsample_cam
@@ -27,25 +27,12 @@ log = logging.getLogger("fos.localize")
 
 
 def save_localizer(model: WsolNet, path: str, **meta) -> None:
-    from safetensors.torch import save
-
-    atomic_write_bytes(path, save(state_dict_cpu(model)))
-    atomic_write_json(sidecar(path), {"model_name": "localizer", "wsol_cfg": to_dict(model.cfg), **meta})
-
-
-def read_localizer_config(path: str) -> dict:
-    return read_config(path, "wsol_cfg", WsolCfg, "it is written by python -m fos.localize.train",
-                       "a localizer config")
+    save_paired(model, path, model_name="localizer", wsol_cfg=to_dict(model.cfg), **meta)
 
 
 def load_localizer(path: str = DEFAULT_WEIGHTS) -> WsolNet:
-    if not os.path.isfile(path):
-        raise WeightsError(f"localizer weights {path} not found; train them with `python -m fos.localize.train` "
-                           "or pass --weights")
-    info = read_localizer_config(path)
-    cfg = WsolCfg.from_dict({**info["wsol_cfg"], "pretrained": False})
-    model = WsolNet(cfg)
-    return load_paired(model, path, info)
+    return load_paired(path, "wsol_cfg", WsolCfg, lambda cfg: WsolNet(replace(cfg, pretrained=False)),
+                       "train them with `python -m fos.localize.train` or pass --weights", "localizer")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fos.threads import ort_session
 from fos.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputError
 
 METHODS = ("cam", "grabcut", "u2netp")
@@ -66,13 +67,7 @@ def u2netp_path() -> str:
 
 @lru_cache(maxsize=1)
 def _u2netp_session():
-    import onnxruntime as ort
-
-    from fos.threads import current_threads
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = current_threads()
-    return ort.InferenceSession(u2netp_path(), so, providers=["CPUExecutionProvider"])
+    return ort_session(u2netp_path())
 
 
 def u2netp_mask(photo: np.ndarray, box) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fos.config import WsolCfg
+from fos.localize.config import WsolCfg
 from fos.models.backbones import MobileNetV2, load_imagenet_mobilenet_v2
 
 

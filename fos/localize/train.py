@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fos import cli
-from fos.checkpoint import atomic_torch_save
-from fos.config import WsolCfg, WsolTrainCfg, to_dict
+from fos.checkpoint import resume, save_resumable
+from fos.config import to_dict
+from fos.localize.config import WsolCfg, WsolTrainCfg
 from fos.data import DatasetError
-from fos.localize.data import Photo, load_photo_roots, vocabulary
+from fos.data.photos import Photo, load_photo_roots, vocabulary
 from fos.localize.infer import DEFAULT_WEIGHTS, save_localizer
 from fos.localize.masks import cam_mask
 from fos.localize.metrics import CAM_THRESHOLDS, best_iou, cam_box, mask_iou
@@ -127,17 +128,12 @@ def fit(cfg: WsolTrainCfg, save: str, restart: bool = False, command: str = "") 
     opt = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt = os.path.join(cfg.out, "last.pt")
-    start_epoch = 0
-    if os.path.exists(ckpt) and not restart:
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if st.get("cfg") != to_dict(cfg) or st.get("classes") != classes:
-            raise DatasetError(f"{ckpt} was written by another configuration; pass --restart to start over "
-                               "or choose another --out")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
+    key, stateful = {"cfg": to_dict(cfg), "classes": classes}, {"model": model, "opt": opt}
+    state = resume(ckpt, key, stateful, restart)
+    start_epoch = state.get("epoch", 0)
+    if state:
         if tsa is not None:
-            tsa.load_state(st["tsa"])
-        start_epoch = st["epoch"]
+            tsa.load_state(state["tsa"])
         log.info("resuming %s after epoch %d", ckpt, start_epoch)
     y = label_matrix(photos, classes)
     feats = frozen_features(model, photos)
@@ -172,8 +168,7 @@ def fit(cfg: WsolTrainCfg, save: str, restart: bool = False, command: str = "") 
             bar.update(1)
             bar.set_postfix({k: f"{v / nb:.4f}" for k, v in sums.items()})
         history.append({"epoch": epoch + 1, **{k: v / max(nb, 1) for k, v in sums.items()}})
-        atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                           "tsa": tsa.state() if tsa else {}, "cfg": to_dict(cfg), "classes": classes}, ckpt)
+        save_resumable(ckpt, key, stateful, epoch=epoch + 1, tsa=tsa.state() if tsa else {})
     bar.close()
     model.eval()
     thresholds = choose_thresholds(model, photos)
@@ -189,28 +184,14 @@ def fit(cfg: WsolTrainCfg, save: str, restart: bool = False, command: str = "") 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fos.localize.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(p, WsolTrainCfg(), ("out", "threads", "data", "method"))
+    cli.add_training_args(p, WsolTrainCfg(), ("method",), "runs/localize-<method>", DEFAULT_WEIGHTS)
     p.add_argument("--method", choices=["cam", "dawsol"], default="dawsol")
-    p.add_argument("--data", action="append", default=None,
-                   help=f"FOSD root with photos/; repeat for several (default {WsolTrainCfg().data[0]})")
-    p.add_argument("--out", default=None, help="run folder for the checkpoint (default runs/localize-<method>)")
-    p.add_argument("--save", default=None, help=f"final weights (default {DEFAULT_WEIGHTS})")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    cli.add_threads(p)
     return p
 
 
 def main(argv=None) -> int:
-    names = [f for f in asdict(WsolTrainCfg()) if f not in ("out", "data")]
-
-    def run(a) -> int:
-        cfg = WsolTrainCfg(out=a.out or f"runs/localize-{a.method}", data=a.data or WsolTrainCfg().data,
-                           **{f: getattr(a, f) for f in names})
-        fit(cfg, a.save or DEFAULT_WEIGHTS, a.restart,
-            command="python -m fos.localize.train " + " ".join(argv if argv is not None else sys.argv[1:]))
-        return 0
-
-    return cli.run(run, build_parser(), argv, interrupted=lambda a: "interrupted; rerun the same command to resume")
+    return cli.run_training("fos.localize.train", build_parser(), argv, WsolTrainCfg, lambda a: fit,
+                            out=lambda a: f"runs/localize-{a.method}", save=lambda a: DEFAULT_WEIGHTS)
 
 
 if __name__ == "__main__":

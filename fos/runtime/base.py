@@ -6,11 +6,11 @@ import importlib.util
 import json
 import os
 
-from fos.config import PreprocessCfg
+from fos.errors import BackendError
+from fos.config import BACKENDS, PreprocessCfg  # noqa: F401  (BACKENDS: re-exported by fos.runtime)
 from fos.preprocess import GEOMETRY_DIM
 from fos.weights import WeightsDir
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # graph name -> (input names, output names): the contract of export, runtime and TensorRT
 GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "teacher": (("composite", "geom"), ("score", "feat")),
@@ -21,8 +21,6 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 EXPORT_HINT = "export them with `python export/to_onnx.py --weights {w} --out {o}`"
 
 
-class BackendError(RuntimeError):
-    """A backend that is missing, stale or does not fit this machine; the message says how to fix it."""
 
 
 def have(module: str) -> bool:
@@ -39,6 +37,7 @@ class Backend:
     name = "backend"
     preprocess_cfg: PreprocessCfg
     student_sha256: str = ""  # sha256 of the student weights: libraries built by another student are refused
+    student_path: str = ""  # the student weights file it runs (or its graphs were exported from)
     description = ""
 
     def student_bg(self, background, crop_box):

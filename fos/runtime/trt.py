@@ -78,6 +78,7 @@ class TrtBackend(GraphBackend):
             self.engines[g], self.contexts[g], self.meta[g] = engine, engine.create_execution_context(), meta
         m = read_manifest(onnx_dir)
         self.student_sha256 = m["source_weights"]["student"]["sha256"]
+        self.student_path = m["source_weights"]["student"].get("path", "")
         self.preprocess_cfg = PreprocessCfg.from_dict(m["preprocess_cfg"])
         self.description = f"tensorrt {trt.__version__} ({info['gpu_name']}, {self.meta['student_bg']['precision']})"
         self.stream = torch.cuda.Stream()

@@ -4,9 +4,12 @@ the benchmark. A query is a cascade:
 1. candidates of the category;
 2. more than ``prefilter_k`` candidates: keep the ``prefilter_k`` nearest by embedding (vector store);
 3. the student head on the candidates, in batches (foreground halves come cached from the library);
-4. optionally the teacher re-scores the top ``rerank`` on the composite the app shows (``fit``).
+4. optionally the teacher re-scores the top ``rerank`` on the composite a person is shown
+   (:data:`fos.composite.SHOWN`), built once and returned with the result.
 
-Scoring itself is :class:`fos.scoring.Scoring`, shared with the evaluation.
+:meth:`SearchEngine.search_photo` is the whole of it for a person's photo (erase the box, encode,
+rank, composites): the app's one call. Scoring itself is :class:`fos.scoring.Scoring`, shared with
+the evaluation.
 """
 from __future__ import annotations
 
@@ -15,14 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fos.composite import SHOWN, composite
 from fos.config import EngineCfg
 from fos.library import Library, LibraryError
 from fos.library.store import VectorStore, make_store
 from fos.preprocess import InputError, PreparedBackground, foreground_colour, foreground_mask, load_image
 from fos.runtime import Backend, get_backend
-from fos.scoring import Query, Scoring, logit
+from fos.scoring import EncodedQuery, Scoring, logit
 
-__all__ = ["EngineCfg", "ExtraItem", "Query", "Result", "SearchEngine", "SearchOutput", "load_engine"]
+__all__ = ["EncodedQuery", "EngineCfg", "ExtraItem", "PhotoSearch", "Result", "SearchEngine", "SearchOutput",
+           "load_engine"]
 
 
 @dataclass
@@ -38,6 +43,12 @@ class Result:
     mask: str | None = None  # the cutout's mask file, when it has one
     appearance: float = 0.0  # the student's logit from pixels alone (geometry switched off)
     geometry: float = 0.0  # the student's logit from box and cutout shape and size; sum = logit(student_score)
+    composite: object = None  # the composite a person is shown (PIL, full size), when it was made
+
+    @property
+    def ranked_by(self) -> str:
+        """The model whose score set this result's place: the teacher for the reranked top N."""
+        return "student" if self.teacher_score is None else "teacher"
 
 
 @dataclass
@@ -53,6 +64,9 @@ class ExtraItem:
 
 @dataclass
 class SearchOutput:
+    """Results best first: the teacher's reranked top N (by teacher probability), then the rest by
+    student probability."""
+
     results: list[Result]
     timings_ms: dict[str, float] = field(default_factory=dict)
     n_candidates: int = 0
@@ -63,6 +77,15 @@ class SearchOutput:
                              "student_score": r.student_score, "teacher_score": r.teacher_score,
                              "appearance_logit": r.appearance, "geometry_logit": r.geometry}
                             for r in self.results]}
+
+
+@dataclass
+class PhotoSearch(SearchOutput):
+    """:meth:`SearchEngine.search_photo`'s answer: the results with their composites, and the background
+    they were ranked on (erased first when an eraser was given)."""
+
+    background: PreparedBackground | None = None
+    erased_with: str = ""  # the eraser's description, "" when the box was not erased
 
 
 def check_count(name: str, value, minimum: int) -> int:
@@ -77,7 +100,7 @@ def check_count(name: str, value, minimum: int) -> int:
 class SearchEngine:
     """The search API. ``backend`` runs the networks (torch, onnxruntime or tensorrt).
 
-    Thread-safe: a query's state lives in the :class:`Query` it returns, not in the engine (except
+    Thread-safe: a query's state lives in the :class:`EncodedQuery` it returns, not in the engine (except
     for the convenience pair :meth:`set_background` / :meth:`search`).
     """
 
@@ -91,14 +114,14 @@ class SearchEngine:
         self.store = store or make_store(self.cfg.store, self.cfg.index, self.cfg.milvus_uri)
         if len(library):
             self.store.add(library.emb.astype(np.float32), library.categories)
-        self._q: Query | None = None
+        self._q: EncodedQuery | None = None
 
     # ------------------------------------------------------------------ query side
-    def encode(self, image, box) -> Query:
+    def encode(self, image, box) -> EncodedQuery:
         """Load the background, validate the box and encode them once."""
         return self.scoring.query(image, box)
 
-    def encode_prepared(self, bg: PreparedBackground) -> Query:
+    def encode_prepared(self, bg: PreparedBackground) -> EncodedQuery:
         """Encode an already prepared background (its box was validated when it was prepared)."""
         return self.scoring.encode(bg)
 
@@ -118,9 +141,10 @@ class SearchEngine:
         out.timings_ms = {**q.timings, **out.timings_ms}
         return out
 
-    def rank(self, q: Query, category: str, k: int = 10, prefilter_k: int | None = None, rerank: int | None = None,
-             extra: list[ExtraItem] | None = None) -> SearchOutput:
-        """The cascade for one encoded query. ``extra``: the user's own cutouts, ranked with the library's."""
+    def rank(self, q: EncodedQuery, category: str, k: int = 10, prefilter_k: int | None = None,
+             rerank: int | None = None, extra: list[ExtraItem] | None = None, composites: bool = False) -> SearchOutput:
+        """The cascade for one encoded query. ``extra``: the user's own cutouts, ranked with the library's;
+        ``composites``: also make the composite of each result returned (reranked ones have theirs)."""
         if not category:
             raise InputError(f"no category chosen; the library has {self.lib.category_names()}")
         k = check_count("k", k, 1)
@@ -148,22 +172,52 @@ class SearchEngine:
         t["head"] = (t2 - t1) * 1e3
         if nr:
             top = results[:nr]
-            ts = self.teacher_scores(q, top)
+            self._composites(q.bg, top)
+            ts = self.scoring.teacher_on(q, [r.composite for r in top], [self._size(r) for r in top])
             for r, s in zip(top, ts):
                 r.teacher_score = r.score = float(s)
             results = sorted(top, key=lambda r: -r.score) + results[nr:]
-        t["rerank"] = (time.perf_counter() - t2) * 1e3
+            t["rerank"] = (time.perf_counter() - t2) * 1e3
+        if composites:
+            t3 = time.perf_counter()
+            self._composites(q.bg, results[:k])
+            t["composites"] = (time.perf_counter() - t3) * 1e3
         return SearchOutput(results[:k], t, n_cand + len(extra or []), len(results))
+
+    def search_photo(self, image, box, category: str, k: int = 10, rerank: int | None = None,
+                     extra: list[ExtraItem] | None = None, eraser=None) -> PhotoSearch:
+        """One search for a person's photo: erase what is in the box first (``eraser``: an
+        :class:`fos.inpaint.infer.Inpainter`, or None), encode the background once, rank ``category``'s
+        cutouts (and the user's own ``extra``), rerank the top ``rerank`` with the teacher, and make
+        the composite of each result shown, once, for both the teacher and the person."""
+        t = {}
+        if eraser is not None:
+            t0 = time.perf_counter()
+            image = eraser.erase_box(load_image(image, "RGB", self.pcfg, what="background"), box)  # checks the box
+            t["erase"] = (time.perf_counter() - t0) * 1e3
+        q = self.encode(image, box)
+        out = self.rank(q, category, k, rerank=rerank, extra=extra, composites=True)
+        return PhotoSearch(out.results, {**t, **q.timings, **out.timings_ms}, out.n_candidates, out.n_scored,
+                           background=q.bg, erased_with=eraser.description if eraser is not None else "")
+
+    def _composites(self, bg: PreparedBackground, results: list[Result]) -> None:
+        """Fill ``composite`` of the results that lack one: the composite a person is shown. A cutout
+        without object pixels (impossible in a built library) shows the background alone."""
+        for r in results:
+            if r.composite is None:
+                try:
+                    r.composite = composite(bg, self.cutout(r), SHOWN, r.mask, self.pcfg)
+                except InputError:
+                    r.composite = bg.image
+
+    def _size(self, r: Result) -> tuple[int, int]:
+        return tuple(self.lib.sizes[r.index].astype(int)) if r.index >= 0 else r.image.size
 
     def cutout(self, r: Result):
         """The cutout of a result (RGBA PIL image), from the library or the user's upload."""
         return r.image if r.image is not None else load_image(r.path, "RGBA", self.pcfg, what="foreground")
 
-    def teacher_scores(self, q: Query, results: list[Result]) -> np.ndarray:
-        """The teacher on the composites the app shows (``fit``) of ``results``."""
-        return self.scoring.teacher(q, [self.cutout(r) for r in results], rule="fit", masks=[r.mask for r in results])
-
-    def _split_scores(self, q: Query, results: list[Result], extra: list[ExtraItem]) -> None:
+    def _split_scores(self, q: EncodedQuery, results: list[Result], extra: list[ExtraItem]) -> None:
         """Fill ``appearance`` and ``geometry`` of the results shown (one more head call on those alone)."""
         if not results:
             return

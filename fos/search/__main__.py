@@ -5,19 +5,8 @@ import argparse
 import sys
 
 from fos import cli
-from fos.config import EngineCfg
-from fos.preprocess import InputError
+from fos.config import INDEXES, STORES, EngineCfg
 from fos.search import __doc__ as DOC, load_engine
-
-
-def parse_box(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}") from None
-    if len(vals) != 4:
-        raise InputError(f"--box must be x1,y1,x2,y2 in pixels, got {text!r}")
-    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,14 +14,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--library", required=True)
     p.add_argument("--background", required=True)
-    p.add_argument("--box", required=True, help="x1,y1,x2,y2 in pixels of the background (x2, y2 exclusive)")
+    p.add_argument("--box", required=True, type=cli.box, help="x1,y1,x2,y2 in pixels of the background (x2, y2 exclusive)")
     p.add_argument("--category", required=True)
     p.add_argument("--k", type=cli.positive_int, default=10, help="how many results")
     p.add_argument("--weights", default="weights", help="folder with student.safetensors and teacher.safetensors")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    cli.add_backend(p)
     p.add_argument("--prefilter-k", type=cli.nonneg_int, default=EngineCfg.prefilter_k, help="0 scores every candidate")
-    p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
-    p.add_argument("--store", default="local", choices=["local", "milvus"])
+    p.add_argument("--index", default=EngineCfg.index, choices=INDEXES, help="flat: exact; hnsw, ivf: approximate")
+    p.add_argument("--store", default=EngineCfg.store, choices=STORES)
     p.add_argument("--milvus-uri", default=None)
     p.add_argument("--rerank", type=cli.nonneg_int, default=0, help="teacher re-scores the top N")
     p.add_argument("--json", help="write {\"results\": [...]} here")
@@ -41,10 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(a) -> int:
-    box = parse_box(a.box)
     cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
     eng = load_engine(a.library, a.weights, a.backend, cfg)
-    out = eng.query(a.background, box, a.category, a.k)
+    out = eng.query(a.background, a.box, a.category, a.k)
     print("rank  score   appearance  geometry  id   (logits: score = sigmoid(appearance + geometry))")
     for rank, r in enumerate(out.results, 1):
         print(f"{rank:4d}  {r.score:.4f}  {r.appearance:+10.3f}  {r.geometry:+8.3f}  {r.id}")

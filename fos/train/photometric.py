@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fos import cli
-from fos.checkpoint import load_checkpoint, save_checkpoint
+from fos.checkpoint import save_checkpoint
+from fos.registry import load_checkpoint
 from fos.config import Cfg, ModelCfg
 from fos.data import DatasetError, load_train_roots
 from fos.photometric import cast_gains, photo_cast, random_change

@@ -8,11 +8,11 @@ threshold are skipped and listed, as are unreadable files. ``--photos`` may also
 columns ``path,category`` (one category per photo).
 
 Cutouts are staged in ``LIB/.pending-grow/`` photo by photo; rerunning an interrupted command resumes
-there, and the library itself changes only in the final commit of :func:`fos.library.write_library`.
+there, and the library itself changes only in the final commit of :func:`fos.library.build.write_library`.
+The command line is ``fos.library``'s; this module sits above both the localizer and the library builder.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -23,7 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from fos.checkpoint import atomic_write, atomic_write_json
-from fos.library import IMAGE_EXT, LibraryError, write_library
+from fos.data import DatasetError, read_path_table
+from fos.library.build import write_library
+from fos.library.format import LibraryError
+from fos.library.sources import IMAGE_EXT
 from fos.localize.infer import Localizer
 from fos.preprocess import InputError
 
@@ -42,22 +45,11 @@ def read_photos(photos: str, category: str | None) -> list[tuple[str, str]]:
         return [(os.path.join(photos, f), category) for f in files]
     if not os.path.isfile(photos):
         raise LibraryError(f"--photos {photos} does not exist")
-    base = os.path.dirname(os.path.abspath(photos))
-    with open(photos, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "category"} <= set(reader.fieldnames):
-            raise LibraryError(f"{photos}: the CSV needs a header with the columns path,category "
-                               f"(got {reader.fieldnames})")
-        rows = list(reader)
-    out = []
-    for i, r in enumerate(rows):
-        if not r.get("path") or not (r.get("category") or category):
-            raise LibraryError(f"{photos}: row {i + 2} needs a path and a category, got {r!r}")
-        p = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
-        out.append((p, r.get("category") or category))
-    if not out:
-        raise LibraryError(f"{photos} lists no photos")
-    return out
+    try:
+        rows = read_path_table(photos, default_category=category)
+    except DatasetError as e:
+        raise LibraryError(str(e)) from None
+    return [(r["path"], r["category"]) for r in rows]
 
 
 def grow(backend, photos: str, category: str | None, out: str, localizer: Localizer,

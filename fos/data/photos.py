@@ -1,4 +1,5 @@
-"""Photos with image-level labels for weakly supervised localization.
+"""Photos with image-level labels: what weakly supervised localization (:mod:`fos.localize`) trains on, and
+the photos inpainting (:mod:`fos.inpaint`) cuts holes into.
 
 A FOSD-layout root with a ``photos/`` folder (msrc-fos; the output of ``python -m fos.data from-coco``)
 gives, per split, the photos that hold that split's instances. A photo's image-level labels are the
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from fos.data import DatasetError, check_norm_box, mask_path, read_json
+from fos.data import DatasetError, mask_path, query_instances, train_instances
 from fos.preprocess import norm_to_pixel_box
 
 SYNONYMS = {"airplane": "aeroplane", "person": "body"}  # COCO name -> MSRC name
@@ -46,30 +47,13 @@ class Photo:
 
 
 def _instances(root: str, split: str) -> list[tuple[str, str, list[float]]]:
-    """(name, class, normalized bbox) of a split's instances."""
-    if split == "train":
-        p = os.path.join(root, "train", "labels", "train_sfosd.json")
-        anno = read_json(p)
-        if not isinstance(anno, dict):
-            raise DatasetError(f"{p}: expected an object {{file: {{bbox, class, ...}}}}")
-        out = []
-        for name, e in anno.items():
-            if not isinstance(e, dict) or "class" not in e:
-                raise DatasetError(f"{p}: entry {name!r}: missing 'class'")
-            out.append((name, str(e["class"]), check_norm_box(e.get("bbox"), p, name)))
-        return out
-    p = os.path.join(root, "test", "labels", "test_set1.json")
-    anno = read_json(p)
-    if not isinstance(anno, dict):
-        raise DatasetError(f"{p}: expected an object {{class: {{bg: [[file, bbox], ...], fg: [...]}}}}")
-    out = []
-    for cls, e in anno.items():
-        if not isinstance(e, dict) or not isinstance(e.get("bg"), list):
-            raise DatasetError(f"{p}: class {cls!r}: expected {{\"bg\": [[file, bbox], ...]}}")
-        for item in e["bg"]:
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise DatasetError(f"{p}: class {cls!r}: bg entries must be [file, bbox], got {item!r}")
-            out.append((str(item[0]), str(cls), check_norm_box(item[1], p, str(item[0]))))
+    """(name, class, normalized bbox) of a split's instances (:mod:`fos.data`'s readers)."""
+    if split == "test":
+        return query_instances(root)
+    out = train_instances(root)
+    if not out:
+        raise DatasetError(f"{os.path.join(root, 'train', 'labels')}: no train_sfosd.json (or train_rfosd.json); "
+                           "is --data the dataset root?")
     return out
 
 
