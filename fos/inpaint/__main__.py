@@ -9,7 +9,7 @@ import os
 import sys
 
 from fos import cli
-from fos.inpaint.infer import DEFAULT_WEIGHTS, METHODS, Inpainter
+from fos.inpaint.infer import BACKENDS, DEFAULT_WEIGHTS, METHODS, Inpainter
 from fos.preprocess import InputError
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the filled photo (.png or .jpg)")
     p.add_argument("--method", choices=METHODS, default="spl")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="SPL weights (method spl)")
-    cli.add_backend(p, "spl only: torch, or onnxruntime when the exported graph is current", ("torch", "onnxruntime"))
+    cli.add_backend(p, "spl only: torch, or onnxruntime when the exported graph is current", BACKENDS)
     cli.add_threads(p)
     return p
 

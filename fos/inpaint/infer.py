@@ -32,6 +32,7 @@ from fos.preprocess import RESAMPLE, InputError, load_image, validate_box
 
 DEFAULT_WEIGHTS = os.path.join("weights", "inpaint.safetensors")
 METHODS = ("spl", "telea", "ns")
+BACKENDS = ("torch", "onnxruntime")  # what runs the spl generator (the opencv methods need none)
 MAX_HOLE_FRACTION = 0.85  # a hole larger than this share of the photo leaves too little to fill from
 CV2_RADIUS = 5  # cv2.inpaint's neighbourhood radius (pixels)
 log = logging.getLogger("fos.inpaint")
@@ -92,8 +93,8 @@ class Inpainter:
                  model: SPLNet | None = None):
         if method not in METHODS:
             raise InputError(f"unknown inpainting method {method!r}; choose one of {', '.join(METHODS)}")
-        if backend not in ("auto", "torch", "onnxruntime"):
-            raise InputError(f"unknown backend {backend!r}; choose auto, torch or onnxruntime")
+        if backend not in ("auto", *BACKENDS):
+            raise InputError(f"unknown backend {backend!r}; choose auto, {' or '.join(BACKENDS)}")
         self.method, self.weights = method, weights
         self.cfg = InpaintCfg()
         self.model, self.session, self.backend = None, None, "opencv"
