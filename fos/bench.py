@@ -56,19 +56,62 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- latency
-def bench_latency(backends: list[str], batches: list[int], weights: str = "weights", seconds: float = 1.0,
-                  device: str = "cpu") -> list[dict]:
-    from fos.runtime import TorchBackend, get_backend
+CPU_RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
+GPU_RUNTIMES = ("torch-cuda-fp32", "torch-cuda-fp16", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+
+
+def make_runtime(label: str, weights: str):
+    """The backend a latency row names, or the reason it cannot run here (a string)."""
+    import torch as _torch
+
+    from fos.errors import BackendError, WeightsError
+    from fos.runtime import OrtBackend, TorchBackend, get_backend, have
     from fos.weights import WeightsDir
 
+    w = WeightsDir(weights)
+    gpu = _torch.cuda.is_available()
+    try:
+        if label in ("torch", "tensorrt"):
+            if label == "tensorrt" and not gpu:
+                return "no CUDA GPU (torch.cuda.is_available() is False)"
+            return get_backend(label, w)
+        if label.startswith("torch-cuda"):
+            if not gpu:
+                return "no CUDA GPU (torch.cuda.is_available() is False)"
+            return TorchBackend(w, device="cuda", half=label.endswith("fp16"))
+        if not have("onnxruntime"):
+            return "onnxruntime is not installed"
+        if label in ("onnxruntime", "onnxruntime-int8"):
+            b = OrtBackend(w, precision="int8" if label.endswith("int8") else "float32",
+                           providers=["CPUExecutionProvider"])
+            if label.endswith("int8") and not b.int8:
+                return "no int8 graph passed the ranking check (python export/to_onnx.py --int8)"
+            return b
+        import onnxruntime as ort
+
+        provider = {"onnxruntime-cuda": "CUDAExecutionProvider", "onnxruntime-tensorrt": "TensorrtExecutionProvider"}[label]
+        if provider not in ort.get_available_providers():
+            return f"this onnxruntime has no {provider} (pip install onnxruntime-gpu; a CUDA GPU)"
+        b = OrtBackend(w, providers=[provider, "CPUExecutionProvider"])
+        got = b.session("student_bg").get_providers()[0]
+        return b if got == provider else f"onnxruntime fell back to {got}: {provider} did not start"
+    except (BackendError, WeightsError, OSError) as e:
+        return str(e)
+
+
+def bench_latency(runtimes: list[str], batches: list[int], weights: str = "weights", seconds: float = 1.0) -> list[dict]:
+    """p50/p90 per graph, runtime and batch; a runtime that cannot run here gets one row saying why."""
     rows = []
     made = {}
-    for name in backends:
-        if name == "torch" and device != "cpu":
-            made[f"torch-{device}-fp32"] = TorchBackend(WeightsDir(weights), device=device)
-            made[f"torch-{device}-fp16"] = TorchBackend(WeightsDir(weights), device=device, half=True)
+    for label in runtimes:
+        b = make_runtime(label, weights)
+        if isinstance(b, str):
+            rows.append({"graph": "all", "backend": label, "skipped": b})
+            print(f"  {label}: skipped ({b})", file=sys.stderr)
         else:
-            made[name] = get_backend(name, weights)
+            made[label] = b
+    if not made:
+        return rows
     any_b = next(iter(made.values()))
     s = any_b.preprocess_cfg.image_size
     bg_part, _ = any_b.student_bg(np.zeros((1, 3, s, s), np.float32), np.array([[20, 20, 180, 200.0]], np.float32))
@@ -108,65 +151,89 @@ def synthetic_library(real, n: int, seed: int = 0):
     return Library.from_arrays(items, emb, real.fmap[pick], dict(real.meta), real.root)  # its files are real's
 
 
-def bench_retrieval(backend, real, sizes: list[int], k: int, rerank: int, data: str | None, seconds: float) -> dict:
-    """Per-stage query latency on synthetic libraries of ``sizes`` items made from the real library ``real``."""
+def check_k(k: int, sizes: list[int]) -> None:
+    from fos.errors import InputError
+
+    if k > min(sizes):
+        raise InputError(f"--k {k} is larger than the smallest library of --sizes ({min(sizes)} items): the "
+                         "prefilter would keep everything; pass a smaller --k or larger --sizes")
+
+
+def bench_retrieval(backends: dict, real, sizes: list[int], k: int, rerank: int, data: str | None,
+                    seconds: float) -> dict:
+    """Per-stage query latency on synthetic libraries of ``sizes`` items made from the real library ``real``,
+    for each backend of ``backends`` (label -> backend; the first is the reference), side by side. Each
+    row's ``teacher_forwards`` is its end-to-end query over one teacher forward per pair of the first
+    backend, measured in the same run."""
+    from fos.composite import teacher_input
     from fos.examples import load_examples
-    from fos.preprocess import load_image
+    from fos.preprocess import foreground_colour, foreground_input, load_image
     from fos.scoring import Scoring
     from fos.search import EngineCfg, SearchEngine
 
-    b = backend
-    scoring = Scoring(b)
+    check_k(k, sizes)
+    ref = next(iter(backends.values()))
+    scoring = Scoring(ref)
     exs = load_examples()
     bg_img, box = (exs[0]["image"], exs[0]["box"]) if exs else (real.path(0), (0, 0, real.sizes[0][0], real.sizes[0][1]))
     q = scoring.query(bg_img, box)
-    rows = []
     # per-pair costs of the two slow ways, measured on one batch of real cutouts, scaled linearly by library size
     fgs = [load_image(real.path(i), "RGBA") for i in range(min(32, len(real)))]
-
-    from fos.preprocess import foreground_input
-
     bgs = np.stack([q.bg.tensor.numpy()] * len(fgs))
     boxes = np.stack([q.bg.crop_box_net.numpy()] * len(fgs))
-    fg_x = np.stack([foreground_input(im, b.preprocess_cfg).numpy() for im in fgs])  # inputs made once
-    from fos.preprocess import foreground_colour
-
+    fg_x = np.stack([foreground_input(im, ref.preprocess_cfg).numpy() for im in fgs])  # inputs made once
+    comp_x = np.stack([teacher_input(q.bg, im, ref.preprocess_cfg).numpy() for im in fgs])
     geom = scoring.geometry(q, [im.size for im in fgs], [foreground_colour(im) for im in fgs])
 
     def official_pairs():  # both encoders rerun for every pair, then the head (network cost only)
-        bp, _ = b.student_bg(bgs, boxes)
-        fp, _ = b.student_fg(fg_x)
+        bp, _ = ref.student_bg(bgs, boxes)
+        fp, _ = ref.student_fg(fg_x)
         # every pair has the same background here, and the head's graph takes one bg_part (batch 1)
-        return b.student_head(bp[:1], fp, geom)
+        return ref.student_head(bp[:1], fp, geom)
 
     def teacher_pairs():  # composite + teacher forward for every pair
         return scoring.teacher(q, fgs)
 
+    def teacher_forward():  # the network alone, on composites made beforehand
+        return ref.teacher(comp_x, geom)
+
     per_pair_official = timeit(official_pairs, 3, seconds)["p50_ms"] / len(fgs)
     per_pair_teacher = timeit(teacher_pairs, 3, seconds)["p50_ms"] / len(fgs)
-    for n in sizes:
-        lib = synthetic_library(real, n)
-        eng = SearchEngine(lib, b, EngineCfg(prefilter_k=k))
-        stages: dict[str, list[float]] = {}
+    teacher_fwd = timeit(teacher_forward, 3, seconds)["p50_ms"] / len(fgs)
+    rows = []
+    for label, b in backends.items():
+        for n in sizes:
+            lib = synthetic_library(real, n)
+            eng = SearchEngine(lib, b, EngineCfg(prefilter_k=k))
+            stages: dict[str, list[float]] = {}
 
-        def query():
-            out = eng.query(bg_img, box, "bench", k=10, rerank=rerank)
-            for st, v in out.timings_ms.items():
-                stages.setdefault(st, []).append(v)
+            def query():
+                out = eng.query(bg_img, box, "bench", k=10, rerank=rerank)
+                for st, v in out.timings_ms.items():
+                    stages.setdefault(st, []).append(v)
 
-        r = timeit(query, 5, seconds)
-        row = {"items": n, "K": k, "end_to_end_ms": r["p50_ms"], "qps": 1e3 / r["p50_ms"],
-               **{f"{st}_ms": float(np.median(v)) for st, v in stages.items()},
-               "official_every_pair_ms": per_pair_official * n, "teacher_every_pair_ms": per_pair_teacher * n}
-        row["speedup_vs_teacher"] = row["teacher_every_pair_ms"] / row["end_to_end_ms"]
-        row["speedup_vs_official"] = row["official_every_pair_ms"] / row["end_to_end_ms"]
-        rows.append(row)
-        print(f"  {n} items: {r['p50_ms']:.1f} ms/query", file=sys.stderr)
-    recall = recall_vs_k(b, data, [1, 3, 5, 10, 20, 0]) if data and os.path.isdir(data) else []
-    return {"machine": machine(), "backend": b.description, "rows": rows, "recall_vs_k": recall,
-            "per_pair_ms": {"official_both_encoders": per_pair_official, "teacher": per_pair_teacher},
+            r = timeit(query, 5, seconds)
+            row = {"precision": label, "items": n, "K": k, "end_to_end_ms": r["p50_ms"], "qps": 1e3 / r["p50_ms"],
+                   **{f"{st}_ms": float(np.median(v)) for st, v in stages.items()},
+                   "teacher_forwards": r["p50_ms"] / teacher_fwd,
+                   "official_every_pair_ms": per_pair_official * n, "teacher_every_pair_ms": per_pair_teacher * n}
+            row["speedup_vs_teacher"] = row["teacher_every_pair_ms"] / row["end_to_end_ms"]
+            row["speedup_vs_official"] = row["official_every_pair_ms"] / row["end_to_end_ms"]
+            rows.append(row)
+            print(f"  {label} {n} items: {r['p50_ms']:.1f} ms/query", file=sys.stderr)
+    for label in backends:  # the scale target: the largest library against the smallest, same precision
+        mine = [r for r in rows if r["precision"] == label]
+        for r in mine:
+            r["vs_smallest"] = r["end_to_end_ms"] / mine[0]["end_to_end_ms"]
+    recall = recall_vs_k(ref, data, [1, 3, 5, 10, 20, 0]) if data and os.path.isdir(data) else []
+    return {"machine": machine(), "backends": {lb: b.description for lb, b in backends.items()}, "rows": rows,
+            "recall_vs_k": recall,
+            "per_pair_ms": {"official_both_encoders": per_pair_official, "teacher": per_pair_teacher,
+                            "teacher_forward": teacher_fwd},
             "note": "scale points use synthetic items in one category (all are candidates); the two "
-                    "every-pair columns are per-pair times measured on a batch of 32 real pairs, times n"}
+                    "every-pair columns are per-pair times measured on a batch of 32 real pairs, times n; "
+                    "teacher_forwards divides the end-to-end query by one float32 teacher forward per pair "
+                    "(the network on a composite made beforehand, batch 32)"}
 
 
 def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5) -> list[dict]:
@@ -236,20 +303,27 @@ def bench_inpaint(weights: str, photo: str, sizes: list[int], seconds: float) ->
 
 def main(argv=None) -> int:
     from fos import cli
+    from fos.errors import InputError
 
     p = argparse.ArgumentParser(prog="python -m fos.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["retrieval", "latency", "inpaint"])
     p.add_argument("--weights", default="weights")
-    p.add_argument("--backend", default=None, help="retrieval: one backend (default auto); latency: a comma list")
+    p.add_argument("--backend", default=None,
+                   help="retrieval: one backend (default auto); latency: a comma list of runtimes from "
+                        f"{', '.join(CPU_RUNTIMES + GPU_RUNTIMES)} (default the CPU ones; --gpu adds the GPU ones)")
+    p.add_argument("--gpu", action="store_true", help="latency: add the GPU runtimes (each skipped with its reason "
+                                                       "where its library or the GPU is missing)")
+    p.add_argument("--precision", default="float32,int8",
+                   help="retrieval on onnxruntime: a comma list of float32 and int8 (int8: the graphs that passed "
+                        "the export's ranking check)")
     p.add_argument("--batch", type=cli.positive_int_list, default=[1, 8, 64], help="latency: batch sizes")
-    p.add_argument("--device", default="cpu", help="latency: torch device (cuda adds torch fp32 and fp16 rows)")
     p.add_argument("--library", default=None,
                    help="retrieval: a built library for real feature maps (default: the app's default library)")
     p.add_argument("--sizes", type=cli.positive_int_list, default=None,
                    help="retrieval: library sizes (default 1000,10000,100000); inpaint: photo sides (default 320,1024,2048)")
     p.add_argument("--photo", default=os.path.join("assets", "backgrounds", "1_14_s.jpg"), help="inpaint: the photo")
-    p.add_argument("--k", type=cli.nonneg_int, default=200)
+    p.add_argument("--k", type=cli.positive_int, default=200, help="retrieval: the prefilter keeps this many")
     p.add_argument("--rerank", type=cli.nonneg_int, default=0)
     p.add_argument("--data", default="../shared/data/msrc-fos", help="retrieval: dataset for the Recall@1-vs-K table")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per point")
@@ -263,18 +337,46 @@ def main(argv=None) -> int:
             print(f"machine: {res['machine']}; {res['threads']} threads")
             print(table(rows, ["photo", "box", "method", "p50_ms", "p90_ms"]))
         elif a.what == "latency":
-            rows = bench_latency((a.backend or "torch,onnxruntime").split(","), a.batch, a.weights, a.seconds, a.device)
+            names = a.backend.split(",") if a.backend else list(CPU_RUNTIMES + (GPU_RUNTIMES if a.gpu else ()))
+            unknown = [n for n in names if n not in CPU_RUNTIMES + GPU_RUNTIMES]
+            if unknown:
+                raise InputError(f"unknown runtime {', '.join(unknown)} for --backend; use some of "
+                                 f"{', '.join(CPU_RUNTIMES + GPU_RUNTIMES)}")
+            rows = bench_latency(names, a.batch, a.weights, a.seconds)
             res = {"machine": machine(), "rows": rows}
             print(f"machine: {res['machine']}")
-            print(table(rows, ["graph", "backend", "batch", "p50_ms", "p90_ms", "items_per_s"]))
+            print(table([r for r in rows if "skipped" not in r], ["graph", "backend", "batch", "p50_ms", "p90_ms",
+                                                                  "items_per_s"]))
+            for r in rows:
+                if "skipped" in r:
+                    print(f"{r['backend']}: skipped ({r['skipped']})")
         else:
             from fos.bootstrap import prepare
 
+            precisions = [p for p in a.precision.split(",") if p]
+            bad = [p for p in precisions if p not in ("float32", "int8")]
+            if bad or not precisions:
+                raise InputError(f"--precision takes float32 and/or int8, got {a.precision!r}")
+            sizes = a.sizes or [1000, 10000, 100000]
+            check_k(a.k, sizes)  # before anything loads
             real, b = prepare(a.weights, a.library, a.backend or "auto")
-            res = bench_retrieval(b, real, a.sizes or [1000, 10000, 100000], a.k, a.rerank, a.data, a.seconds)
-            print(f"machine: {res['machine']}; backend: {res['backend']}")
-            print(table(res["rows"], ["items", "K", "end_to_end_ms", "qps", "background_encode_ms", "prefilter_ms",
-                                      "head_ms", "rerank_ms", "teacher_every_pair_ms", "speedup_vs_teacher",
+            backends = {"float32": b}
+            if "int8" in precisions:
+                if b.name != "onnxruntime":
+                    print(f"int8: skipped (the {b.name} backend has no int8 graphs; use --backend onnxruntime)")
+                else:
+                    b8 = make_runtime("onnxruntime-int8", a.weights)
+                    if isinstance(b8, str):
+                        print(f"int8: skipped ({b8})")
+                    else:
+                        backends["int8"] = b8
+            if "float32" not in precisions and len(backends) > 1:
+                backends.pop("float32")
+            res = bench_retrieval(backends, real, sizes, a.k, a.rerank, a.data, a.seconds)
+            print(f"machine: {res['machine']}; backends: {res['backends']}")
+            print(table(res["rows"], ["precision", "items", "K", "end_to_end_ms", "qps", "preprocess_ms",
+                                      "background_encode_ms", "prefilter_ms", "head_ms", "rerank_ms",
+                                      "teacher_forwards", "vs_smallest", "teacher_every_pair_ms", "speedup_vs_teacher",
                                       "official_every_pair_ms", "speedup_vs_official"]))
             if res["recall_vs_k"]:
                 print(table(res["recall_vs_k"], ["K", "recall@1", "recall@5", "library_items", "queries"]))

@@ -175,3 +175,65 @@ def test_tensorrt_engines_build_and_match(exported, tmp_path):
     assert np.abs(tb.teacher(x, g) - rb.teacher(x, g)).max() < 1e-2
     with pytest.raises(BackendError, match="past the engine's maximum"):
         rb.student_fg(np.zeros((17, 3, 224, 224), np.float32))
+
+
+# --------------------------------------------------------------------------- int8
+def test_int8_graphs_calibrate_on_real_images_and_ship_only_when_they_rank_alike(tmp_path, data_root):
+    from fos.data import load_test
+    from fos.evaluate.parity import int8_gate
+    from fos.export.onnx import export_onnx, real_inputs
+    from fos.export.quantize import INT8_GRAPHS, calibration_feeds, mark_shipped, quantize_graphs
+
+    w = save_tiny(tmp_path / "w")
+    onnx = os.path.join(w, "onnx")
+    export_onnx(w, onnx, progress=False)
+    fp32 = OrtBackend(w, onnx, "float32")
+    feeds = calibration_feeds(data_root, 8, fp32)  # 8 training images: one batch per graph, 8 head queries
+    assert [len(feeds[g]) for g in INT8_GRAPHS] == [1, 1, 8, 1]
+    assert feeds["student_head"][0]["bg_part"].shape[0] == 1 and np.isfinite(feeds["teacher"][0]["geom"]).all()
+    m = quantize_graphs(onnx, feeds, progress=False)
+    assert all(m["graphs"][f"{g}:int8"]["shipped"] is False and os.path.isfile(os.path.join(onnx, f"{g}_int8.onnx"))
+               for g in INT8_GRAPHS)
+    assert OrtBackend(w, onnx, "int8").int8 == set()  # nothing passed a check yet: float32 everywhere
+    # on real test images the int8 graphs are close to float32, and not the same graph
+    x = real_inputs(data_root)
+    b8 = OrtBackend(w, onnx, "int8", int8_graphs=set(INT8_GRAPHS))
+    a, c = fp32.student_bg(x["background"], x["crop_box"])[0], b8.student_bg(x["background"], x["crop_box"])[0]
+    assert 0 < np.abs(a - c).max() < 0.1 * np.abs(a).max()
+    ta, tc = fp32.teacher(x["composite"], x["geom"]), b8.teacher(x["composite"], x["geom"])
+    assert 0 < np.abs(ta - tc).max() < 0.1
+    # the ranking check on real queries decides what ships, and the int8 backend serves exactly that
+    gate = int8_gate(w, onnx, load_test(data_root), seeds=(0,), categories=["cow", "dog"])
+    assert set(gate) == set(INT8_GRAPHS)
+    for g, r in gate.items():
+        assert 0 <= r["top5_overlap"] <= 1 and r["recall@1_drop"] == pytest.approx(r["recall@1_float32"] - r["recall@1_int8"])
+        alone = abs(r["recall@1_drop"]) <= 0.005
+        assert r["shipped"] == (alone and ("together" not in r or abs(r["together"]["recall@1_drop"]) <= 0.005))
+    mark_shipped(onnx, gate)
+    assert OrtBackend(w, onnx, "int8").int8 == {g for g, r in gate.items() if r["shipped"]}
+
+
+def test_ranking_agreement_by_hand(data_root):
+    """A scorer against itself keeps every top-5 item and Recall@1; against a tie-everything scorer the
+    drop is its Recall@1 minus chance's."""
+    from fos import evaluate as E
+    from fos.data import load_test
+    from fos.evaluate.parity import ranking_agreement
+
+    ts = load_test(data_root)
+    same = ranking_agreement(ts, E.make_scorer("aspect"), E.make_scorer("aspect"), seeds=(0,), categories=["cow"])
+    assert same["recall@1_drop"] == 0 and same["top5_overlap"] == 1
+    other = ranking_agreement(ts, E.make_scorer("aspect"), E.make_scorer("random"), seeds=(0,), categories=["cow"])
+    r_aspect = E.evaluate(ts, E.make_scorer("aspect"), 0.5, 0, categories=["cow"], progress=False)["recall@1"]
+    assert other["recall@1_float32"] == pytest.approx(r_aspect) and other["top5_overlap"] < 1
+
+
+def test_int8_without_calibration_images_says_what_to_pass(tmp_path, capsys):
+    import importlib
+
+    to_onnx = importlib.import_module("export.to_onnx")
+    w = save_tiny(tmp_path / "w")
+    assert to_onnx.main(["--weights", w, "--int8", "--data", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "--int8 calibrates on real training images: pass --data with a FOSD dataset root" in err
+    assert not os.path.exists(os.path.join(w, "onnx"))  # refused before the export began

@@ -142,9 +142,11 @@ def test_bench_retrieval_on_onnxruntime(tiny_exported, tmp_path):
     r = run(["-m", "fos.bench", "retrieval", "--weights", w, "--library", lib, "--backend", "onnxruntime",
              "--sizes", "40,200", "--k", "20", "--seconds", "0.1", "--data", src, "--threads", "1", "--json", str(out)])
     res = json.load(open(out))
-    assert "onnxruntime" in res["backend"] and [row["items"] for row in res["rows"]] == [40, 200]
+    assert "onnxruntime" in res["backends"]["float32"] and [row["items"] for row in res["rows"]] == [40, 200]
     assert all(row["end_to_end_ms"] > 0 and row["official_every_pair_ms"] > 0 for row in res["rows"])
+    assert res["rows"][0]["vs_smallest"] == 1 and all(row["teacher_forwards"] > 0 for row in res["rows"])
     assert [row["K"] for row in res["recall_vs_k"]][-1] == "all" and "recall@1" in r.stdout
+    assert "int8: skipped (no int8 graph passed the ranking check" in r.stdout  # none exported here
 
 
 def test_bench_latency_both_backends(tiny_exported, tmp_path):
@@ -155,17 +157,37 @@ def test_bench_latency_both_backends(tiny_exported, tmp_path):
     rows = json.load(open(out))["rows"]
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "onnxruntime") for n in (1, 3)}
     assert len(rows) == 4 * 4 and all(r["p50_ms"] > 0 for r in rows)
+    # a runtime that cannot run here is one row with its reason, never a number
+    r = run(["-m", "fos.bench", "latency", "--weights", w, "--backend", "torch,onnxruntime-int8,torch-cuda-fp16,"
+             "onnxruntime-tensorrt,tensorrt", "--batch", "1", "--seconds", "0.05", "--json", str(out)])
+    skipped = {row["backend"]: row["skipped"] for row in json.load(open(out))["rows"] if "skipped" in row}
+    assert set(skipped) == {"onnxruntime-int8", "torch-cuda-fp16", "onnxruntime-tensorrt", "tensorrt"}
+    assert "no CUDA GPU" in skipped["torch-cuda-fp16"] and "TensorrtExecutionProvider" in skipped["onnxruntime-tensorrt"]
+    assert "tensorrt: skipped (" in r.stdout
 
 
 @pytest.mark.parametrize("args, msg", [(["latency", "--batch", "0"], "--batch: every value must be at least 1"),
                                        (["latency", "--batch", "-1"], "--batch: every value must be at least 1"),
-                                       (["retrieval", "--sizes", "0,10"], "--sizes: every value must be at least 1")])
+                                       (["retrieval", "--sizes", "0,10"], "--sizes: every value must be at least 1"),
+                                       (["retrieval", "--k", "0"], "--k: must be at least 1")])
 def test_bench_bad_numbers_are_usage_errors(args, msg, capsys, tmp_path):
     from fos.bench import main
 
     with pytest.raises(SystemExit) as e:
         main([*args, "--json", str(tmp_path / "x.json")])
     assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_k_larger_than_the_library_is_refused_before_loading(capsys, tmp_path):
+    from fos.bench import main
+
+    assert main(["retrieval", "--sizes", "100,1000", "--k", "200", "--weights", str(tmp_path / "none"),
+                 "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--k 200 is larger than the smallest library of --sizes (100 items)" in err and "Traceback" not in err
+    assert main(["latency", "--backend", "torch,warp-drive", "--json", str(tmp_path / "x.json")]) == 2
+    assert "unknown runtime warp-drive" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 

@@ -21,6 +21,7 @@ from fos.registry import load_checkpoint
 from fos.config import PreprocessCfg
 from fos.preprocess import GEOMETRY_DIM
 from fos.runtime import GRAPHS, OrtBackend, TorchBackend
+from fos.runtime.base import GRAPH_VERSION
 from fos.weights import WeightsDir
 
 log = logging.getLogger("fos.export")
@@ -64,8 +65,7 @@ class HeadOnnx(nn.Module):
         self.m = student
 
     def forward(self, bg_part, fg_part, geom):
-        _, logit = self.m.head.finish(bg_part, fg_part, geom if self.m.cfg.geometry else None)
-        return torch.sigmoid(logit)
+        return torch.sigmoid(self.m.head.score(bg_part, fg_part, geom if self.m.cfg.geometry else None))
 
 
 def graph_specs(teacher, student, pcfg: PreprocessCfg, batch: int = 2) -> dict:
@@ -143,7 +143,7 @@ def export_onnx(weights: str | WeightsDir = "weights", out: str | None = None, f
     src = {"student": {"path": os.path.abspath(w.student), "sha256": w.student_sha256}}
     if teacher is not None:
         src["teacher"] = {"path": os.path.abspath(w.teacher), "sha256": w.teacher_sha256}
-    manifest = {"opset": OPSET, "preprocess_cfg": pcfg.__dict__, "source_weights": src, "graphs": {},
+    manifest = {"opset": OPSET, "graph_version": GRAPH_VERSION, "preprocess_cfg": pcfg.__dict__, "source_weights": src, "graphs": {},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     from tqdm import tqdm
 

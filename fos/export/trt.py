@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from fos.checkpoint import atomic_write_bytes, atomic_write_json
+from fos.checkpoint import atomic_write_bytes, atomic_write_json, file_sha256
 from fos.runtime.base import BackendError
 from fos.runtime.trt import gpu_info, require_trt, trt_major
 
@@ -69,7 +69,8 @@ def build_engine(onnx_dir: str, graph: str, out_dir: str, fp16: bool = False, mi
     atomic_write_bytes(path, bytes(serialized))
     if timing_cache:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    meta = {"graph": graph, "onnx": os.path.abspath(src), "tensorrt_version": trt.__version__, **gpu_info(),
+    meta = {"graph": graph, "onnx": os.path.abspath(src), "onnx_sha256": file_sha256(src),
+            "tensorrt_version": trt.__version__, **gpu_info(),
             "precision": "float16" if fp16 else "float32", "typing": "strong" if strongly else "weak",
             "shapes": shapes, "build_seconds": round(time.time() - t0, 1)}
     atomic_write_json(os.path.join(out_dir, f"{graph}.json"), meta)

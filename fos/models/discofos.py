@@ -140,6 +140,43 @@ class DistillHead(nn.Module):
         h = F.leaky_relu(pre, 0.1) if self.act == "leaky" else F.relu(pre)
         feat = self.conv2(h) if self.linear_feature else F.relu(self.conv2(h))
         logit = self.classifier(feat.mean((2, 3), keepdim=True)).flatten()
+        return feat, self._pair_terms(logit, geom)
+
+    def forward(self, roi, fmap, geom=None):
+        return self.finish(self.bg_part(roi), self.fg_part(fmap), geom)
+
+    @property
+    def foldable(self) -> bool:
+        """True when the score is linear in the first layer's activations (no ReLU after ``conv2``), so
+        ``conv2``, the spatial mean and the classifier fold into one map (:meth:`score_map`)."""
+        return self.linear_feature
+
+    def score_map(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv2`` -> mean over the ``size`` x ``size`` map -> ``classifier``, folded: (A (D, size, size), c)
+        with ``classifier(mean(conv2(h))) == (A * h).sum() + c`` for every h, exactly (up to float
+        rounding). A is the adjoint of conv2 (a transposed conv, same padding) applied to the classifier's
+        weights spread evenly over the map; border cells get fewer taps, so A is not constant."""
+        if not self.foldable:
+            raise ValueError("the head has a ReLU after conv2: its score does not fold into one map")
+        w = self.classifier.weight.reshape(1, self.dim, 1, 1).expand(1, self.dim, size, size) / (size * size)
+        a = F.conv_transpose2d(w, self.conv2.weight, padding=1)[0]
+        c = (self.classifier.weight.flatten() * self.conv2.bias).sum() + self.classifier.bias[0]
+        return a, c
+
+    def score(self, bg_part: torch.Tensor, fg_part: torch.Tensor, geom: torch.Tensor | None = None) -> torch.Tensor:
+        """The logit of :meth:`finish` without the distillation feature: with a foldable head one
+        elementwise product per candidate (D * a * a multiply-adds) instead of ``conv2``'s
+        D * D * 9 * a * a. What search scores with; training uses :meth:`finish`."""
+        if not self.foldable:
+            return self.finish(bg_part, fg_part, geom)[1]
+        pre = self.pre_activation(bg_part, fg_part)
+        h = F.leaky_relu(pre, 0.1) if self.act == "leaky" else F.relu(pre)
+        a, c = self.score_map(h.shape[-1])
+        logit = (h * a).sum((1, 2, 3)) + c
+        return self._pair_terms(logit, geom)
+
+    def _pair_terms(self, logit: torch.Tensor, geom: torch.Tensor | None) -> torch.Tensor:
+        """``logit`` plus the geometry and photometric terms of the pair vector ``geom``."""
         if self.geom_fc is not None:
             if geom is None:
                 raise ValueError("this head uses geometry features: pass geom (N, 17), fos.preprocess.geometry_batch")
@@ -148,10 +185,7 @@ class DistillHead(nn.Module):
             if geom is None:
                 raise ValueError("this head has a photometric term: pass the pair vector, fos.preprocess.geometry_batch")
             logit = logit + self.photo(geom)
-        return feat, logit
-
-    def forward(self, roi, fmap, geom=None):
-        return self.finish(self.bg_part(roi), self.fg_part(fmap), geom)
+        return logit
 
 
 class Student(nn.Module):

@@ -33,15 +33,15 @@ import torch
 from fos.checkpoint import WeightsError, stale_source, weights_sha256
 from fos.registry import load_checkpoint
 from fos.config import PreprocessCfg
-from fos.preprocess import GEOMETRY_DIM
 from fos.runtime.base import (
-    BACKENDS, EXPORT_HINT, GRAPHS, Backend, BackendError, GraphBackend, as_weights, geometry_mismatch, have,
+    BACKENDS, EXPORT_HINT, GRAPHS, Backend, BackendError, GraphBackend, as_weights, have, manifest_problem,
     read_manifest,
 )
 from fos.threads import ort_session
 from fos.weights import WeightsDir
 
 log = logging.getLogger("fos.runtime")
+PRECISIONS = ("float32", "float16", "int8")
 __all__ = ["BACKENDS", "GRAPHS", "Backend", "BackendError", "GraphBackend", "OrtBackend", "TorchBackend",
            "as_weights", "get_backend", "have", "onnx_is_current", "onnx_problem", "read_manifest"]
 
@@ -105,7 +105,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def student_head(self, bg_part, fg_part, geom):
         s = self.s
-        _, logit = s.head.finish(self._in(bg_part), self._in(fg_part), self._in(geom) if s.cfg.geometry else None)
+        logit = s.head.score(self._in(bg_part), self._in(fg_part), self._in(geom) if s.cfg.geometry else None)
         return self._out(torch.sigmoid(logit))
 
     @torch.inference_mode()
@@ -130,8 +130,8 @@ def onnx_problem(weights: str | WeightsDir, onnx_dir: str | None = None, precisi
                                f"the graphs in {onnx_dir}", path)
             if why:
                 return why
-    if geometry_mismatch(m):
-        return f"the graphs in {onnx_dir} take another geometry width than this version ({GEOMETRY_DIM} columns)"
+    if manifest_problem(m, onnx_dir):
+        return manifest_problem(m, onnx_dir)
     missing = [g["file"] for k, g in m["graphs"].items() if k.endswith(precision)
                and not os.path.isfile(os.path.join(onnx_dir, g["file"]))]
     if missing:
@@ -148,14 +148,18 @@ class OrtBackend(GraphBackend):
     name = "onnxruntime"
 
     def __init__(self, weights: str | WeightsDir = "weights", onnx_dir: str | None = None, precision: str = "float32",
-                 providers: list[str] | None = None, threads: int = 0):
+                 providers: list[str] | None = None, threads: int = 0, int8_graphs: set[str] | None = None):
+        """``precision``: float32, float16 or int8. With int8, the int8 graphs that passed the export's
+        ranking check run (``int8_graphs`` names others, for that check) and float32 the rest."""
+        if precision not in PRECISIONS:
+            raise BackendError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         if not have("onnxruntime"):
             raise BackendError("onnxruntime is not installed: `pip install onnxruntime` (CPU) or onnxruntime-gpu")
         import onnxruntime as ort
 
         w = as_weights(weights)
         onnx_dir = onnx_dir or w.onnx
-        problem = onnx_problem(w, onnx_dir, precision)
+        problem = onnx_problem(w, onnx_dir, "float32" if precision == "int8" else precision)
         if problem:
             raise BackendError(f"{problem}: " + EXPORT_HINT.format(w=w.root, o=onnx_dir)
                                + (" --fp16" if precision == "float16" else ""))
@@ -166,16 +170,25 @@ class OrtBackend(GraphBackend):
         self.providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
         self.precision = precision
         self.np_dtype = np.float16 if precision == "float16" else np.float32
+        shipped = {k.split(":")[0] for k, g in m["graphs"].items() if k.endswith(":int8") and g.get("shipped")}
+        self.int8 = (shipped if int8_graphs is None else set(int8_graphs)) if precision == "int8" else set()
+        missing = sorted(g for g in self.int8 if f"{g}:int8" not in m["graphs"])
+        if missing:
+            raise BackendError(f"{onnx_dir} has no int8 graph of {', '.join(missing)}: export them with "
+                               "`python export/to_onnx.py --int8`")
         self.threads = threads
         self._sessions: dict[str, object] = {}
         self._dir, self._m = onnx_dir, m
         self.onnx_dir = os.path.abspath(onnx_dir)
         self.student_path = m["source_weights"]["student"].get("path", "")
-        self.description = f"onnxruntime {ort.__version__} ({self.providers[0]}, {precision})"
+        kinds = precision if precision != "int8" else \
+            f"int8 {'+'.join(sorted(self.int8)) or 'none shipped'}, float32 the rest"
+        self.description = f"onnxruntime {ort.__version__} ({self.providers[0]}, {kinds})"
 
     def session(self, graph: str):
         if graph not in self._sessions:
-            key = f"{graph}:{self.precision}"
+            key = f"{graph}:{'int8' if graph in self.int8 else 'float32'}" if self.precision == "int8" else \
+                f"{graph}:{self.precision}"
             if key not in self._m["graphs"]:
                 raise BackendError(f"{self._dir} has no {key} graph: re-export with `python export/to_onnx.py`")
             path = os.path.join(self._dir, self._m["graphs"][key]["file"])

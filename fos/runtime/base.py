@@ -18,6 +18,9 @@ GRAPHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "student_fg": (("foreground",), ("fg_part", "emb")),
     "student_head": (("bg_part", "fg_part", "geom"), ("score",)),
 }
+# what the exported graphs compute, by version: 2 = the student head's score folded (conv2, the spatial
+# mean and the classifier in one map, DistillHead.score). Graphs of another version are re-exported.
+GRAPH_VERSION = 2
 EXPORT_HINT = "export them with `python export/to_onnx.py --weights {w} --out {o}`"
 
 
@@ -68,11 +71,17 @@ def read_manifest(onnx_dir: str) -> dict:
     return m
 
 
-def geometry_mismatch(manifest: dict) -> str:
-    """Graphs whose ``geom`` input is narrower or wider than :data:`GEOMETRY_DIM` (made by older code)."""
+def manifest_problem(manifest: dict, where: str) -> str:
+    """Why graphs of ``manifest`` were made by other code than this ("" when they were not): another
+    :data:`GRAPH_VERSION`, or a ``geom`` input of another width than :data:`GEOMETRY_DIM`."""
+    if manifest.get("graph_version", 1) != GRAPH_VERSION:
+        return (f"the graphs in {where} are of graph version {manifest.get('graph_version', 1)}, this version "
+                f"runs version {GRAPH_VERSION} (the student head's score folded into one map)")
     bad = [k for k, g in manifest.get("graphs", {}).items()
            if "geom" in g.get("inputs", {}) and g["inputs"]["geom"][-1] != GEOMETRY_DIM]
-    return ", ".join(bad)
+    if bad:
+        return f"the graphs in {where} take another geometry width than this version ({GEOMETRY_DIM} columns)"
+    return ""
 
 
 class GraphBackend(Backend):

@@ -12,7 +12,8 @@ import numpy as np
 
 from fos.config import PreprocessCfg
 from fos.preprocess import GEOMETRY_DIM
-from fos.runtime.base import GRAPHS, BackendError, GraphBackend, as_weights, read_manifest
+from fos.checkpoint import stale_source
+from fos.runtime.base import GRAPHS, BackendError, GraphBackend, as_weights, manifest_problem, read_manifest
 
 INSTALL = "TensorRT is not installed: on a GPU host run `pip install -r requirements-gpu.txt` (NVIDIA's index)"
 
@@ -52,6 +53,10 @@ class TrtBackend(GraphBackend):
         engine_dir = engine_dir or w.trt
         onnx_dir = onnx_dir or w.onnx
         info = gpu_info()
+        m = read_manifest(onnx_dir)
+        problem = manifest_problem(m, onnx_dir)
+        if problem:
+            raise BackendError(f"{problem}: re-export with `python export/to_onnx.py`, then rebuild the engines")
         self.engines, self.contexts, self.meta = {}, {}, {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         rebuild = f"rebuild with `python export/to_trt.py --onnx {onnx_dir} --out {engine_dir}` on this machine"
@@ -67,6 +72,11 @@ class TrtBackend(GraphBackend):
             if (meta["gpu_name"], meta["compute_capability"]) != (info["gpu_name"], info["compute_capability"]):
                 raise BackendError(f"{path} was built for {meta['gpu_name']} (sm {meta['compute_capability']}), "
                                    f"this GPU is {info['gpu_name']} (sm {info['compute_capability']}): {rebuild}")
+            src = os.path.basename(meta["onnx"])  # the graph it was built from: still the exported one?
+            exported = {e["file"]: e["sha256"] for e in m["graphs"].values()}.get(src, "")
+            stale = stale_source(meta.get("onnx_sha256"), exported, path, os.path.join(onnx_dir, src))
+            if stale:
+                raise BackendError(f"{stale}: {rebuild}")
             geom = meta.get("shapes", {}).get("geom")
             if geom and geom["max"][-1] != GEOMETRY_DIM:
                 raise BackendError(f"{path} takes {geom['max'][-1]} geometry columns, this version passes "
@@ -76,7 +86,6 @@ class TrtBackend(GraphBackend):
             if engine is None:
                 raise BackendError(f"{path} could not be deserialized: {rebuild}")
             self.engines[g], self.contexts[g], self.meta[g] = engine, engine.create_execution_context(), meta
-        m = read_manifest(onnx_dir)
         self.student_sha256 = m["source_weights"]["student"]["sha256"]
         self.student_path = m["source_weights"]["student"].get("path", "")
         self.preprocess_cfg = PreprocessCfg.from_dict(m["preprocess_cfg"])
