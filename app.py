@@ -25,7 +25,7 @@ from fos.config import BACKENDS
 from fos.errors import USER_ERRORS, BackendError, InputError, LibraryError, WeightsError
 from fos.examples import load_examples
 from fos.preprocess import Box, PreparedBackground, load_image, parse_box
-from fos.search import EngineCfg, PhotoSearch, SearchEngine
+from fos.search import EngineCfg, PhotoSearch, SearchEngine, weights_prefilter
 from fos.threads import default_threads, set_threads
 
 log = logging.getLogger("fos.app")
@@ -97,7 +97,7 @@ def load_engine() -> SearchEngine:
     step(f"loading weights from {WEIGHTS} and the library (the first start also exports the ONNX graphs "
          "and encodes the default library: about a minute; later starts take seconds)")
     lib, backend = prepare(WEIGHTS, LIBRARY, BACKEND)
-    eng = SearchEngine(lib, backend, EngineCfg())
+    eng = SearchEngine(lib, backend, EngineCfg(), prefilter=weights_prefilter(WEIGHTS, backend.student_sha256))
     log.info("ready in %.1fs: %d library items in %d categories, backend %s", time.time() - t0, len(lib),
              len(lib.category_names()), backend.description)
     return eng

@@ -160,7 +160,7 @@ def check_k(k: int, sizes: list[int]) -> None:
 
 
 def bench_retrieval(backends: dict, real, sizes: list[int], k: int, rerank: int, data: str | None,
-                    seconds: float) -> dict:
+                    seconds: float, prefilter=None) -> dict:
     """Per-stage query latency on synthetic libraries of ``sizes`` items made from the real library ``real``,
     for each backend of ``backends`` (label -> backend; the first is the reference), side by side. Each
     row's ``teacher_forwards`` is its end-to-end query over one teacher forward per pair of the first
@@ -204,7 +204,7 @@ def bench_retrieval(backends: dict, real, sizes: list[int], k: int, rerank: int,
     for label, b in backends.items():
         for n in sizes:
             lib = synthetic_library(real, n)
-            eng = SearchEngine(lib, b, EngineCfg(prefilter_k=k))
+            eng = SearchEngine(lib, b, EngineCfg(prefilter_k=k), prefilter=prefilter)
             stages: dict[str, list[float]] = {}
 
             def query():
@@ -225,7 +225,7 @@ def bench_retrieval(backends: dict, real, sizes: list[int], k: int, rerank: int,
         mine = [r for r in rows if r["precision"] == label]
         for r in mine:
             r["vs_smallest"] = r["end_to_end_ms"] / mine[0]["end_to_end_ms"]
-    recall = recall_vs_k(ref, data, [1, 3, 5, 10, 20, 0]) if data and os.path.isdir(data) else []
+    recall = recall_vs_k(ref, data, [1, 3, 5, 10, 20, 0], prefilter=prefilter) if data and os.path.isdir(data) else []
     return {"machine": machine(), "backends": {lb: b.description for lb, b in backends.items()}, "rows": rows,
             "recall_vs_k": recall,
             "per_pair_ms": {"official_both_encoders": per_pair_official, "teacher": per_pair_teacher,
@@ -236,9 +236,10 @@ def bench_retrieval(backends: dict, real, sizes: list[int], k: int, rerank: int,
                     "(the network on a composite made beforehand, batch 32)"}
 
 
-def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5) -> list[dict]:
+def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5, prefilter=None) -> list[dict]:
     """Recall@1 and @5 on msrc-fos test queries against a library of all msrc-fos cutouts (train + test),
-    as the prefilter K varies (0 = every candidate), with the loose-box protocol of fos.evaluate."""
+    as the prefilter K varies (0 = every candidate), with the loose-box protocol of fos.evaluate; for the
+    embedding-cosine prefilter and, given ``prefilter``, the distilled one (``prefilter`` column)."""
     import tempfile
 
     from fos.data import load_sfosd_test
@@ -253,22 +254,25 @@ def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5) -> l
         lib = Library(os.path.join(tmp, "lib"))
         ts = load_sfosd_test(data)
         out = []
-        eng = SearchEngine(lib, backend, EngineCfg())
-        per_query = []
-        for cat, cs in ts.categories.items():
-            for q in cs.queries:
-                img = load_image(q.bg_path)
-                eng.set_background(img, query_box(q, *img.size, box_jitter, 0))
-                per_query.append((cat, q.name, {kk: [r.id for r in eng.search(cat, 5, prefilter_k=kk).results]
-                                                 for kk in ks}))
-        for kk in ks:
-            row = {"K": kk or "all"}
-            for at in (1, 5):
-                per_cat: dict[str, list[float]] = {}
-                for cat, name, top in per_query:
-                    per_cat.setdefault(cat, []).append(float(name in top[kk][:at]))
-                row[f"recall@{at}"] = float(np.mean([np.mean(v) for v in per_cat.values()]))
-            out.append({**row, "library_items": len(lib), "queries": len(per_query)})
+        engines = {"embedding": SearchEngine(lib, backend, EngineCfg())}
+        if prefilter is not None:
+            engines["distilled"] = SearchEngine(lib, backend, EngineCfg(), prefilter=prefilter)
+        for kind, eng in engines.items():
+            per_query = []
+            for cat, cs in ts.categories.items():
+                for q in cs.queries:
+                    img = load_image(q.bg_path)
+                    eng.set_background(img, query_box(q, *img.size, box_jitter, 0))
+                    per_query.append((cat, q.name, {kk: [r.id for r in eng.search(cat, 5, prefilter_k=kk).results]
+                                                     for kk in ks}))
+            for kk in ks:
+                row = {"prefilter": kind, "K": kk or "all"}
+                for at in (1, 5):
+                    per_cat: dict[str, list[float]] = {}
+                    for cat, name, top in per_query:
+                        per_cat.setdefault(cat, []).append(float(name in top[kk][:at]))
+                    row[f"recall@{at}"] = float(np.mean([np.mean(v) for v in per_cat.values()]))
+                out.append({**row, "library_items": len(lib), "queries": len(per_query)})
         return out
 
 
@@ -372,14 +376,17 @@ def main(argv=None) -> int:
                         backends["int8"] = b8
             if "float32" not in precisions and len(backends) > 1:
                 backends.pop("float32")
-            res = bench_retrieval(backends, real, sizes, a.k, a.rerank, a.data, a.seconds)
+            from fos.search import weights_prefilter
+
+            res = bench_retrieval(backends, real, sizes, a.k, a.rerank, a.data, a.seconds,
+                                  weights_prefilter(a.weights, b.student_sha256))
             print(f"machine: {res['machine']}; backends: {res['backends']}")
             print(table(res["rows"], ["precision", "items", "K", "end_to_end_ms", "qps", "preprocess_ms",
                                       "background_encode_ms", "prefilter_ms", "head_ms", "rerank_ms",
                                       "teacher_forwards", "vs_smallest", "teacher_every_pair_ms", "speedup_vs_teacher",
                                       "official_every_pair_ms", "speedup_vs_official"]))
             if res["recall_vs_k"]:
-                print(table(res["recall_vs_k"], ["K", "recall@1", "recall@5", "library_items", "queries"]))
+                print(table(res["recall_vs_k"], ["prefilter", "K", "recall@1", "recall@5", "library_items", "queries"]))
         cli.write_json(a.json or f"runs/bench_{a.what}.json", res)
         return 0
 

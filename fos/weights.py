@@ -4,6 +4,7 @@
 
     WEIGHTS/teacher.safetensors (+ teacher.json)   the teacher and its config
     WEIGHTS/student.safetensors (+ student.json)   the student and its config
+    WEIGHTS/prefilter.safetensors (+ .json)        the prefilter distilled from the student (python -m fos.train.prefilter)
     WEIGHTS/onnx/                                  exported graphs + manifest.json   (python export/to_onnx.py)
     WEIGHTS/trt/                                   TensorRT engines + one .json each (python export/to_trt.py)
     WEIGHTS/library-<sha12>/                       the app's default library, encoded by these weights
@@ -31,6 +32,10 @@ class WeightsDir:
     @property
     def student(self) -> str:
         return os.path.join(self.root, "student.safetensors")
+
+    @property
+    def prefilter(self) -> str:
+        return os.path.join(self.root, "prefilter.safetensors")
 
     @property
     def onnx(self) -> str:

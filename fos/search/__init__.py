@@ -13,6 +13,8 @@ the evaluation.
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -22,10 +24,13 @@ from fos.composite import SHOWN, composite
 from fos.config import EngineCfg
 from fos.library import Library, LibraryError
 from fos.library.store import VectorStore, make_store
+from fos.prefilter import Prefilter
 from fos.preprocess import InputError, PreparedBackground, foreground_colour, foreground_mask, load_image
 from fos.runtime import Backend, get_backend
 from fos.scoring import EncodedQuery, Scoring, logit
 
+log = logging.getLogger("fos.search")
+PREFILTERS = ("auto", "embedding")  # the distilled prefilter when the weights folder has one; the embedding cosine
 __all__ = ["EncodedQuery", "EngineCfg", "ExtraItem", "PhotoSearch", "Result", "SearchEngine", "SearchOutput",
            "load_engine"]
 
@@ -105,15 +110,22 @@ class SearchEngine:
     """
 
     def __init__(self, library: Library, backend: Backend, cfg: EngineCfg | None = None,
-                 store: VectorStore | None = None):
+                 store: VectorStore | None = None, prefilter: Prefilter | None = None):
+        """``prefilter``: the distilled one (:mod:`fos.prefilter`), or None to prefilter by the student's
+        embedding cosine alone."""
         self.lib, self.backend = library, backend
         self.cfg = cfg or EngineCfg()
         library.check_weights(backend.student_sha256)
+        if prefilter is not None:
+            prefilter.check(backend.student_sha256, "given to the search")
+        self.prefilter = prefilter
         self.scoring = Scoring(backend, head_batch=self.cfg.head_batch)
         self.pcfg = backend.preprocess_cfg
         self.store = store or make_store(self.cfg.store, self.cfg.index, self.cfg.milvus_uri)
         if len(library):
-            self.store.add(library.emb.astype(np.float32), library.categories)
+            vectors = library.emb.astype(np.float32) if prefilter is None else \
+                prefilter.candidate_vectors(library.emb, library.sizes)
+            self.store.add(vectors, library.categories)
         self._q: EncodedQuery | None = None
 
     # ------------------------------------------------------------------ query side
@@ -155,7 +167,8 @@ class SearchEngine:
         cand = self.lib.indices(category) if not extra else np.nonzero(self.lib.categories == category)[0]
         n_cand = len(cand)
         if kk and n_cand > kk:
-            cand, _ = self.store.search(q.emb, kk, category)
+            qv = q.emb if self.prefilter is None else self.prefilter.query_vector(q.emb, q.bg.box)
+            cand, _ = self.store.search(qv, kk, category)
             if len(cand) != kk:
                 raise LibraryError(f"the {self.cfg.store} vector store returned {len(cand)} candidates for K={kk}")
         t1 = time.perf_counter()
@@ -252,14 +265,37 @@ class SearchEngine:
         return items, problems
 
 
-def load_engine(library: str, weights: str = "weights", backend: str = "auto",
-                cfg: EngineCfg | None = None) -> SearchEngine:
-    """Library + the best (or the named) backend for the weights folder ``weights``. The library is
-    checked against the weights before any backend is made."""
+def weights_prefilter(weights, student_sha256: str) -> Prefilter | None:
+    """The weights folder's distilled prefilter when it was made from this student, else None (said in
+    the log: the search then prefilters by the embedding cosine)."""
     from fos.weights import WeightsDir
 
+    w = weights if isinstance(weights, WeightsDir) else WeightsDir(weights)
+    if not os.path.isfile(w.prefilter):
+        log.info("no distilled prefilter at %s: prefiltering by embedding cosine (python -m fos.train.prefilter)",
+                 w.prefilter)
+        return None
+    pf = Prefilter.load(w.prefilter)
+    if pf.student_sha256 != student_sha256:
+        log.warning("%s was distilled from another student: prefiltering by embedding cosine instead (retrain it "
+                    "with python -m fos.train.prefilter)", w.prefilter)
+        return None
+    log.info("prefilter distilled from the student: %s", w.prefilter)
+    return pf
+
+
+def load_engine(library: str, weights: str = "weights", backend: str = "auto",
+                cfg: EngineCfg | None = None, prefilter: str = "auto") -> SearchEngine:
+    """Library + the best (or the named) backend for the weights folder ``weights``. The library is
+    checked against the weights before any backend is made. ``prefilter``: ``auto`` (the folder's
+    distilled prefilter when it fits the student) or ``embedding`` (the embedding cosine)."""
+    from fos.weights import WeightsDir
+
+    if prefilter not in PREFILTERS:
+        raise InputError(f"unknown prefilter {prefilter!r}; use one of {', '.join(PREFILTERS)}")
     lib = Library(library)
     w = WeightsDir(weights)
     if w.has("student"):
         lib.check_weights(w.student_sha256)
-    return SearchEngine(lib, get_backend(backend, w), cfg)
+    b = get_backend(backend, w)
+    return SearchEngine(lib, b, cfg, prefilter=weights_prefilter(w, b.student_sha256) if prefilter == "auto" else None)

@@ -6,7 +6,7 @@ import sys
 
 from fos import cli
 from fos.config import INDEXES, STORES, EngineCfg
-from fos.search import __doc__ as DOC, load_engine
+from fos.search import PREFILTERS, __doc__ as DOC, load_engine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=EngineCfg.store, choices=STORES)
     p.add_argument("--milvus-uri", default=None)
     p.add_argument("--rerank", type=cli.nonneg_int, default=0, help="teacher re-scores the top N")
+    p.add_argument("--prefilter", default="auto", choices=PREFILTERS,
+                   help="auto: the weights folder's distilled prefilter (python -m fos.train.prefilter) when it "
+                        "fits the student; embedding: the student's embedding cosine")
     p.add_argument("--json", help="write {\"results\": [...]} here")
     cli.add_threads(p)
     return p
@@ -31,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(a) -> int:
     cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
-    eng = load_engine(a.library, a.weights, a.backend, cfg)
+    eng = load_engine(a.library, a.weights, a.backend, cfg, a.prefilter)
     out = eng.query(a.background, a.box, a.category, a.k)
     print("rank  score   appearance  geometry  id   (logits: score = sigmoid(appearance + geometry))")
     for rank, r in enumerate(out.results, 1):
