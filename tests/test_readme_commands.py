@@ -26,6 +26,7 @@ ELSEWHERE = {
     "python -m fos.train student": "tests/test_train.py::test_student_step_on_real_images",
     "python -m fos.train": "tests/test_train.py::test_train_cli_errors_are_one_line",
     "python -m fos.train.photometric": "tests/test_photometric.py::trained",
+    "python -m fos.train.prefilter": "tests/test_prefilter.py::test_trained_prefilter_keeps_the_head_top_items_on_the_test_split",
     "torchrun": "tests/test_train.py::test_two_gloo_processes_train_identical_weights_and_the_loss_falls",
     "python -m fos.data from-coco": "tests/test_readme_commands.py::small_coco_root",
     "python -m fos.localize.train": "tests/test_readme_commands.py::test_localize_train_and_evaluate_commands",
