@@ -210,7 +210,21 @@ def render(engine: SearchEngine, out: PhotoSearch):
     info = (f"**backend:** {engine.backend.description} · **candidates:** {out.n_candidates} "
             f"(scored {out.n_scored}; {order}) · **box:** {out.background.box}{erased}\n\n"
             + " · ".join(f"{name} {v:.1f} ms" for name, v in timings.items()))
-    return gallery, rows, info, (fulls[0] if fulls else None), fulls
+    filled = save_output(filled_view(out.background.image, out.background.box)) if out.erased_with else None
+    return gallery, rows, info, (fulls[0] if fulls else None), filled, fulls
+
+
+def filled_view(image: Image.Image, box) -> Image.Image:
+    """The erased photo with what the eraser filled tinted and outlined in red, so a person sees which
+    pixels are a guess (around a pasted cutout they stay visible)."""
+    from PIL import ImageDraw
+
+    x1, y1, x2, y2 = box
+    out = image.convert("RGB").copy()
+    tint = Image.new("RGB", (x2 - x1, y2 - y1), (255, 0, 0))
+    out.paste(Image.blend(out.crop((x1, y1, x2, y2)), tint, 0.25), (x1, y1))
+    ImageDraw.Draw(out).rectangle((x1, y1, x2 - 1, y2 - 1), outline=(255, 0, 0), width=max(1, min(out.size) // 200))
+    return out
 
 
 def load_localizer():
@@ -341,9 +355,10 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
         typed = parse_box_text(box_text)
         box = typed if typed is not None else box
         uploads = ((state or {}).get("items") or []) + ((state or {}).get("cuts") or [])
-        gallery, rows, info, big, fulls = run_search(engine, image, box, category, k, n_rerank if use_teacher else 0,
-                                                     uploads, inpainter if erase else None)
-        return gallery, rows, info, big, fulls
+        gallery, rows, info, big, filled, fulls = run_search(engine, image, box, category, k,
+                                                             n_rerank if use_teacher else 0, uploads,
+                                                             inpainter if erase else None)
+        return gallery, rows, info, big, filled, fulls
 
     def on_select(evt: gr.SelectData, fulls):
         if fulls and evt.index is not None and evt.index < len(fulls):
@@ -400,6 +415,8 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
             gallery = gr.Gallery(label="Ranked composites (close-up around the box; click one for the whole photo)",
                                  columns=4, height=420, elem_id="gallery")
             big = gr.Image(label="Selected composite (whole photo)", interactive=False, elem_id="big")
+            filled = gr.Image(label="What erase filled (tinted red: a guess from the pixels around it)",
+                              interactive=False, elem_id="filled")
         table = gr.Dataframe(headers=TABLE_HEADERS,
                              label="Ranking, best first. With the teacher rerank on, the top N are ranked by the teacher's "
                                    "probability, the rest by the student's (the gallery shows the ranking model's). "
@@ -436,7 +453,7 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
         bg_file.upload(on_upload_bg, bg_file, [annot, erase, category], api_name="upload_background")
         fg_files.upload(on_upload_fg, [fg_files, state], [state, fg_msg], api_name="upload_foregrounds")
         btn.click(on_search, [annot, box_text, category, k, use_teacher, n_rerank, erase, state],
-                  [gallery, table, info, big, fulls], api_name="search", concurrency_limit=2)
+                  [gallery, table, info, big, filled, fulls], api_name="search", concurrency_limit=2)
         gallery.select(on_select, fulls, big, api_name=False)
 
         with gr.Accordion("Cut out from a photo (weakly supervised localization)", open=False):

@@ -276,29 +276,42 @@ def recall_vs_k(backend, data: str, ks: list[int], box_jitter: float = 0.5, pref
         return out
 
 
-def bench_inpaint(weights: str, photo: str, sizes: list[int], seconds: float) -> list[dict]:
-    """Per-fill latency of every inpainting method on ``photo`` resized so its longer side is each of ``sizes``."""
+def bench_inpaint(weights: str, photo: str, sizes: list[int], seconds: float,
+                  methods: tuple[str, ...] | None = None) -> list[dict]:
+    """Per-fill latency of each inpainting method (default all: SPL in torch and, when its graph is
+    current, ONNX Runtime, then the classical ones) on ``photo`` resized so its longer side is each of
+    ``sizes``, with a box a third of each side."""
     from PIL import Image
 
     from fos.bootstrap import prepare_inpainter
-    from fos.inpaint.infer import Inpainter
+    from fos.inpaint.infer import CV2_METHODS, XPHOTO_METHODS, Inpainter, xphoto_problem
     from fos.preprocess import load_image
 
-    path = os.path.join(weights, "inpaint.safetensors")
-    runners = {"spl torch": Inpainter("spl", path, backend="torch")}
-    ort = prepare_inpainter(weights, "spl", "auto")  # exports the graph once when it is missing
-    if ort.backend == "onnxruntime":
-        runners["spl onnxruntime"] = ort
-    runners["telea"], runners["ns"] = Inpainter("telea"), Inpainter("ns")
+    wanted = methods or ("spl", *CV2_METHODS, *XPHOTO_METHODS)
+    runners = {}
+    if "spl" in wanted:
+        runners["spl torch"] = Inpainter("spl", os.path.join(weights, "inpaint.safetensors"), backend="torch")
+        ort = prepare_inpainter(weights, "spl", "auto")  # exports the graph once when it is missing
+        if ort.backend == "onnxruntime":
+            runners["spl onnxruntime"] = ort
+    skipped = {}
+    for m in wanted:
+        if m == "spl":
+            continue
+        if m in XPHOTO_METHODS and xphoto_problem(m):
+            skipped[m] = xphoto_problem(m)
+            continue
+        runners[m] = Inpainter(m)
     img = load_image(photo, "RGB", what="photo")
-    rows = []
+    rows = [{"method": m, "skipped": why} for m, why in skipped.items()]
     for side in sizes:
         f = side / max(img.size)
         im = img.resize((max(8, round(img.size[0] * f)), max(8, round(img.size[1] * f))), Image.BILINEAR)
         w, h = im.size
         box = (w // 3, h // 3, 2 * w // 3, 2 * h // 3)
         for name, r in runners.items():
-            t = timeit(lambda: r.erase_box(im, box), 3, seconds, 1)
+            slow = name in XPHOTO_METHODS  # seconds per fill: one warm-up, at least 2 runs
+            t = timeit(lambda: r.erase_box(im, box), 2 if slow else 3, 0 if slow else seconds, 1)
             rows.append({"photo": f"{w}x{h}", "box": f"{box[2] - box[0]}x{box[3] - box[1]}", "method": name,
                          "p50_ms": t["p50_ms"], "p90_ms": t["p90_ms"]})
             print(f"  {w}x{h} {name}: {t['p50_ms']:.1f} ms", file=sys.stderr)
@@ -326,6 +339,7 @@ def main(argv=None) -> int:
                    help="retrieval: a built library for real feature maps (default: the app's default library)")
     p.add_argument("--sizes", type=cli.positive_int_list, default=None,
                    help="retrieval: library sizes (default 1000,10000,100000); inpaint: photo sides (default 320,1024,2048)")
+    p.add_argument("--methods", default=None, help="inpaint: a comma list of methods (default all)")
     p.add_argument("--photo", default=os.path.join("assets", "backgrounds", "1_14_s.jpg"), help="inpaint: the photo")
     p.add_argument("--k", type=cli.positive_int, default=200, help="retrieval: the prefilter keeps this many")
     p.add_argument("--rerank", type=cli.nonneg_int, default=0)
@@ -336,10 +350,18 @@ def main(argv=None) -> int:
 
     def run(a) -> int:
         if a.what == "inpaint":
-            rows = bench_inpaint(a.weights, a.photo, a.sizes or [320, 1024, 2048], a.seconds)
+            from fos.inpaint.infer import METHODS
+
+            wanted = tuple(m for m in (a.methods or ",".join(METHODS)).split(",") if m)
+            if not wanted or [m for m in wanted if m not in METHODS]:
+                raise InputError(f"--methods takes some of {', '.join(METHODS)}, got {a.methods!r}")
+            rows = bench_inpaint(a.weights, a.photo, a.sizes or [320, 1024, 2048], a.seconds, wanted)
             res = {"machine": machine(), "threads": torch.get_num_threads(), "rows": rows}
             print(f"machine: {res['machine']}; {res['threads']} threads")
-            print(table(rows, ["photo", "box", "method", "p50_ms", "p90_ms"]))
+            print(table([r for r in rows if "skipped" not in r], ["photo", "box", "method", "p50_ms", "p90_ms"]))
+            for r in rows:
+                if "skipped" in r:
+                    print(f"{r['method']}: skipped ({r['skipped']})")
         elif a.what == "latency":
             names = a.backend.split(",") if a.backend else list(CPU_RUNTIMES + (GPU_RUNTIMES if a.gpu else ()))
             unknown = [n for n in names if n not in CPU_RUNTIMES + GPU_RUNTIMES]

@@ -95,9 +95,18 @@ def fit_composite(bg: PreparedBackground, fg, mask=None, cfg: PreprocessCfg = DE
     Returns:
         RGB image of the background's size.
     """
+    obj, alpha, at = fit_placement(bg.box, fg, mask, cfg)
+    out = bg.image.copy()
+    out.paste(obj, at, alpha)
+    return out
+
+
+def fit_placement(box, fg, mask=None, cfg: PreprocessCfg = DEFAULT_CFG) -> tuple[Image.Image, Image.Image, tuple[int, int]]:
+    """Where :func:`fit_composite` pastes cutout ``fg`` into pixel ``box``: (RGB object at its pasted size,
+    its L matte (eroded by one pixel and feathered), top-left corner)."""
     fg_img = fg if isinstance(fg, Image.Image) else load_image(fg, "RGBA", cfg, what="foreground")
     obj, obj_mask = object_matte(fg_img, mask)
-    x1, y1, x2, y2 = bg.box
+    x1, y1, x2, y2 = box
     bw, bh = x2 - x1, y2 - y1
     s = min(bw / obj.width, bh / obj.height)
     nw, nh = max(1, round(obj.width * s)), max(1, round(obj.height * s))
@@ -105,6 +114,13 @@ def fit_composite(bg: PreparedBackground, fg, mask=None, cfg: PreprocessCfg = DE
     alpha = obj_mask.resize((nw, nh), RESAMPLE)
     if min(nw, nh) >= 8:  # erode the matte by one pixel, then feather it
         alpha = alpha.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.GaussianBlur(0.8))
-    out = bg.image.copy()
-    out.paste(obj, (x1 + (bw - nw) // 2, y2 - nh), alpha)
-    return out
+    return obj, alpha, (x1 + (bw - nw) // 2, y2 - nh)
+
+
+def fit_coverage(box, size: tuple[int, int], fg, mask=None, cfg: PreprocessCfg = DEFAULT_CFG) -> np.ndarray:
+    """The matte :func:`fit_composite` pastes, as a photo-sized (``size`` = (w, h)) uint8 array (0 where
+    the photo shows through)."""
+    _, alpha, (x, y) = fit_placement(box, fg, mask, cfg)
+    out = Image.new("L", size, 0)
+    out.paste(alpha, (x, y))
+    return np.asarray(out)

@@ -83,15 +83,19 @@ class Prefilter:
     def query_vector(self, emb: np.ndarray, box) -> np.ndarray:
         lb, sb, _, _ = geometry_columns(box, [(1, 1)])
         r, d = self._geometry(np.array([lb]), np.array([sb]))
-        cross = -2.0 * d * np.concatenate([np.full(self.cfg.bins, self.w[2]), np.full(self.cfg.bins, self.w[4])])
+        cross = -2.0 * self._bin_weights() * d
         return np.concatenate([np.asarray(emb, np.float32).reshape(1, -1) @ self.wq, [[1.0]], r * cross], 1)[0] \
             .astype(np.float32)
+
+    def _bin_weights(self) -> np.ndarray:
+        """Per ramp: the geometry term's weight of its absolute value (aspect bins, then scale bins)."""
+        return np.concatenate([np.full(self.cfg.bins, self.w[2]), np.full(self.cfg.bins, self.w[4])])
 
     def candidate_vectors(self, emb: np.ndarray, sizes) -> np.ndarray:
         """(N, :attr:`dims`) vectors of N cutouts with embeddings ``emb`` (N, E) and pixel ``sizes`` (N, 2)."""
         _, _, lf, sf = geometry_columns((0, 0, 1, 1), sizes)
         r, d = self._geometry(lf, sf)
-        scale = np.concatenate([np.full(self.cfg.bins, self.w[2]), np.full(self.cfg.bins, self.w[4])]) * d
+        scale = self._bin_weights() * d
         # the candidate's own terms: w1 * lf and -w3 * (half log area) from the linear columns, and the
         # r(y)^2 halves of the two expanded absolute values
         own = self.w[1] * lf - self.w[3] * sf + (r * r * scale).sum(1)

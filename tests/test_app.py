@@ -70,7 +70,7 @@ def search(client, box=BOX, typed="", category="cow", k=5, teacher=False, erase=
 
 def test_search_end_to_end(app_url):
     c = Client(app_url, verbose=False)
-    gallery, table, info, big = search(c)
+    gallery, table, info, big, filled = search(c)
     rows = table["data"]
     assert table["headers"] == ["rank", "ranked by", "id", "teacher probability", "student probability",
                                 "appearance logit", "geometry logit", "source"]
@@ -92,7 +92,7 @@ def test_search_end_to_end(app_url):
     assert "backend:" in info and "background_encode" in info and "rerank" not in info  # no rerank ran
     assert "ranked by the student" in info
     # the teacher reranks the top 3: they come first, by teacher probability; the rest by student probability
-    gallery, table, info, _ = search(c, teacher=True)
+    gallery, table, info, _, _ = search(c, teacher=True)
     top, rest = table["data"][:3], table["data"][3:]
     assert [r[1] for r in top] == ["teacher"] * 3 and all(r[1] == "student" and r[3] == "" for r in rest)
     assert [r[3] for r in top] == sorted((r[3] for r in top), reverse=True)
@@ -144,7 +144,7 @@ def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
     job = c.submit([handle_file(str(p))], api_name="/upload_foregrounds")
     assert "1 foreground(s) encoded" in job.result()
     # gradio_client keeps the session, so the next call sees the uploaded cutout
-    gallery, table, _, _ = c.predict(ann, "", "cow", 20, False, 3, False, api_name="/search")
+    gallery, table, _, _, _ = c.predict(ann, "", "cow", 20, False, 3, False, api_name="/search")
     assert "mine.png" in [r[2] for r in table["data"]]
     assert any(r[7] == "your upload" for r in table["data"])
 
@@ -169,7 +169,7 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
     _, cut2, box2, msg2 = c.predict(handle_file(COW_PHOTO), "cow", adj, "grabcut", api_name="/add_cutout")
     assert box2 == adj and Image.open(cut2).size == (x2 - x1 - 4, y2 - y1 - 4)
     assert "typed" in msg2 and "added as" in msg2
-    _, table, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, False,
+    _, table, _, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, False,
                                api_name="/search")
     assert any(r[2] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
     with pytest.raises(Exception, match="inside the 320x213 image"):
@@ -184,8 +184,12 @@ def test_erase_what_is_in_the_box_first(app_url):
         pytest.skip("msrc-fos photos not found beside the repository")
     c = Client(app_url, verbose=False)
     box = {**BOX, "xmin": 40, "ymin": 40, "xmax": 200, "ymax": 180}  # the cow of 1_18_s
-    _, table_keep, info_keep, big_keep = search(c, box=box, image=COW_PHOTO, erase=False)
-    _, table_erased, info, big = search(c, box=box, image=COW_PHOTO, erase=True)
+    _, table_keep, info_keep, big_keep, filled_keep = search(c, box=box, image=COW_PHOTO, erase=False)
+    _, table_erased, info, big, filled = search(c, box=box, image=COW_PHOTO, erase=True)
+    assert filled_keep is None  # nothing was filled
+    f = np.asarray(Image.open(filled).convert("RGB")).astype(int)
+    assert f.shape[:2] == (213, 320)
+    assert f[40, 100, 0] > 200 and f[40, 100, 1] < 60  # the filled box is outlined in red
     assert "box erased with** spl (onnxruntime)" in info and "erase" in info.split("\n")[-1]
     assert "box erased" not in info_keep
     a = np.asarray(Image.open(big_keep).convert("RGB")).astype(int)

@@ -186,21 +186,34 @@ def test_training_steps_on_real_photos_resume_exactly(data_root, tmp_path, monke
         assert torch.allclose(va, vb, atol=1e-6), k
     hist = ma.checkpoint_info["history"]
     assert [h["step"] for h in hist] == [1, 2, 3] and all(np.isfinite(h["prior"]) for h in hist)
-    # batches: real crops with holes of both kinds
+    # batches: real crops with holes of every kind, and the erased objects' pixels unknown
     photos = [os.path.join(data_root, "photos", f) for f in sorted(os.listdir(os.path.join(data_root, "photos")))[:3]]
-    disc = np.hypot(*np.mgrid[-9:10, -9:10]) <= 9
-    hb = tr.HoleBatches(photos, [[disc], [disc], []], 64, 0.5, seed=0)
-    img, mask = hb.batch(0, 8)
-    assert img.shape == (8, 3, 64, 64) and mask.shape == (8, 1, 64, 64)
-    assert torch.equal(img, hb.batch(0, 8)[0]) and not torch.equal(img, hb.batch(1, 8)[0])
+    sizes = [Image.open(p).size for p in photos]
+    objs = []
+    for w, h in sizes:
+        disc = np.hypot(*(np.mgrid[:h, :w] - np.array([h / 2, w / 2])[:, None, None])) <= min(h, w) / 5
+        objs.append([disc])
+    objs[2] = []  # a photo without instances still gives random holes
+    mix = InpaintTrainCfg().hole_mix()
+    hb = tr.HoleBatches(photos, objs, 64, mix, seed=0)
+    img, mask, known = hb.batch(0, 32)
+    assert img.shape == (32, 3, 64, 64) and mask.shape == known.shape == (32, 1, 64, 64)
+    assert torch.equal(img, hb.batch(0, 32)[0]) and not torch.equal(img, hb.batch(1, 32)[0])
     fills = mask.mean((1, 2, 3))
-    assert ((fills > 0.02) & (fills < 0.5)).all()
+    assert ((fills > 0.02) & (fills < 0.7)).all()
+
     def is_box(m):
         x1, y1, x2, y2 = hole_bbox(m)
         return m.sum() == (x2 - x1) * (y2 - y1)
 
     boxes = [is_box(m > 0) for m in mask[:, 0].numpy()]
-    assert any(boxes) and not all(boxes)  # both kinds of hole
+    assert any(boxes) and not all(boxes)  # boxes and shapes
+    unknown = (known < 1).flatten(1).any(1)
+    assert unknown.any() and not unknown.all()  # some holes erased an object: its pixels are unknown
+    # object-box and object-mask holes cover the object, whose pixels are unknown
+    assert any((~k & m).any() for m, k in zip(mask[:, 0].numpy() > 0, known[:, 0].numpy() > 0))
+    with pytest.raises(ValueError, match="kind=weight"):
+        InpaintTrainCfg(holes="box=1,window=2")
 
 
 def test_telea_init_corrects_the_telea_fill():
@@ -274,13 +287,121 @@ def test_cli_writes_the_photo_and_keeps_it_on_failure(tmp_path, capsys):
 
 
 def test_evaluation_holes_are_fixed_and_opencv_beats_the_mean_fill(data_root):
-    from fos.inpaint.evaluate import MeanFill, evaluate, test_holes
+    from fos.inpaint.evaluate import MeanFill, evaluate, test_holes, visible_cases
 
     a, b = test_holes(data_root, seed=0), test_holes(data_root, seed=0)
     assert len(a) == len(b) > 100 and all((x["hole"] == y["hole"]).all() for x, y in zip(a, b))
-    assert {c["kind"] for c in a} == {"box", "object"}
-    res = evaluate([data_root], {"telea": Inpainter("telea"), "mean": MeanFill()}, limit=12, progress=False)
+    assert {c["kind"] for c in a} == {"box", "object", "object-box"}
+    for c in a:
+        if c["kind"] == "object-box":  # the box of the photo's own instance, scored off every instance
+            x1, y1, x2, y2 = c["box"]
+            assert c["hole"].sum() == (x2 - x1) * (y2 - y1)
+            assert (c["region"] == (c["hole"] & c["known"])).all() and 0 < c["region"].sum() < c["hole"].sum()
+    # the visible kinds: a pasted cutout covers part of the box, and only what shows is scored
+    cutout = Image.new("RGBA", (40, 80), (0, 0, 0, 0))
+    cutout.paste(Image.new("RGBA", (20, 80), (200, 50, 50, 255)), (10, 0))
+    vis = visible_cases([c for c in a if c["kind"] == "object-box"][:5], lambda photo, box, cat: (cutout, None))
+    assert [c["kind"] for c in vis[:2]] == ["visible", "visible-around"]
+    for full, around in zip(vis[::2], vis[1::2]):
+        assert (around["hole"] <= full["hole"]).all()
+        assert (full["region"] == (full["hole"] & full["known"] & (full["cover"] == 0))).all()
+        assert (around["region"] == full["region"]).all() and (around["region"] <= around["hole"]).all()
+        assert around["hole"].sum() < full["hole"].sum()  # what the cutout hides (minus a margin) is not filled
+    res = evaluate([data_root], {"telea": Inpainter("telea"), "mean": MeanFill()}, limit=12, progress=False,
+                   paster=lambda photo, box, cat: (cutout, None))
     r = res["results"]
-    assert r["msrc-fos/box/telea"]["n"] == 12
-    for kind in ("box", "object"):
+    assert r["msrc-fos/box/telea"]["n"] == 12 and r["msrc-fos/visible/telea"]["n"] == 12
+    for kind in ("box", "object", "object-box", "visible"):
         assert r[f"msrc-fos/{kind}/telea"]["psnr"] > r[f"msrc-fos/{kind}/mean"]["psnr"]
+
+
+# --------------------------------------------------------------------------- the holes users make
+def test_user_holes_know_only_the_background():
+    from fos.inpaint.masks import background_box_hole, object_box_hole, object_mask_hole
+
+    objects = np.zeros((60, 80), bool)
+    a = np.zeros_like(objects)
+    a[10:30, 10:25] = True  # the object erased
+    b = np.zeros_like(objects)
+    b[40:55, 60:75] = True  # another object
+    objects = a | b
+    hole, known = object_box_hole(a, objects, margin=2)
+    assert hole.sum() == 20 * 15 and hole[10:30, 10:25].all()
+    assert not known[8:32, 10:25].any() and not known[10:30, 8:27].any()  # off both objects, margin 2
+    assert known[0:7].all() and known[10:30, 28:].all() and not known[38:57, 60:75].any()
+    hole, known = object_mask_hole(a, objects, dilate_px=4, margin=2)
+    assert hole[6:34, 12:23].all() and not hole[0:5].any()
+    assert (hole & known).sum() > 0 and not (hole & known)[10:30, 8:27].any()  # only the outer ring is known
+    hole, known = background_box_hole(objects, np.random.default_rng(0))
+    assert hole.any() and not (hole & objects).any()
+
+
+def test_visible_region_against_hand_computed_values():
+    """A 4x4 box whose left half the pasted cutout covers, one pixel of which was the erased object: the
+    metrics count only the 7 other right-half pixels."""
+    from fos.inpaint.evaluate import reference
+    from fos.inpaint.metrics import visible_region
+
+    hole = np.zeros((6, 6), bool)
+    hole[1:5, 1:5] = True
+    known = np.ones_like(hole)
+    known[2, 3] = False  # a pixel of the erased object, not covered by the cutout
+    cover = np.zeros((6, 6), np.uint8)
+    cover[1:5, 1:3] = 200
+    region = visible_region(hole, known, cover)
+    assert region.sum() == 7 and region[1:5, 3:5].sum() == 7 and not region[2, 3]
+    true = np.full((6, 6, 3), 100, np.uint8)
+    true[2, 3] = 0  # what the erased object looked like: must not count
+    pred = true.copy()
+    pred[hole] = 110  # the fill: off by 10 everywhere in the box
+    ref = reference(pred, true, region)
+    assert (ref[region] == 100).all() and (ref[2, 3] == 110).all()
+    assert l1_in_hole(pred, ref, region) == pytest.approx(10 / 255)
+    assert psnr_in_hole(pred, ref, region) == pytest.approx(10 * np.log10(255 ** 2 / 100))
+
+
+def test_feature_distance_is_zero_for_equal_crops_and_grows_with_the_error():
+    from fos.inpaint.metrics import FeatureDistance
+
+    fd = FeatureDistance(size=64, pretrained=False)
+    true = np.asarray(Image.open(PHOTO).convert("RGB"))
+    hole = np.zeros(true.shape[:2], bool)
+    hole[50:110, 40:120] = True
+    window = crop_window(hole_bbox(hole), true.shape[1], true.shape[0])
+    assert fd(true, true, hole, window) == pytest.approx(0, abs=1e-9)
+    small, big = true.copy(), true.copy()
+    small[hole] = np.clip(true[hole].astype(int) + 10, 0, 255)
+    big[hole] = 0
+    assert 0 < fd(small, true, hole, window) < fd(big, true, hole, window)
+
+
+@pytest.mark.parametrize("method", ["telea", "ns", "shiftmap", "fsr-fast", "fsr-best"])
+def test_every_anchor_method_fills_a_real_photo(method):
+    """Each classical method fills only the hole of a real photo, and beats a flat gray fill there."""
+    true = np.asarray(Image.open(PHOTO).convert("RGB"))
+    box = (140, 80, 170, 110) if method == "fsr-best" else (120, 70, 180, 120)  # fsr-best is slow: a small box
+    hole = np.zeros(true.shape[:2], bool)
+    hole[box[1]:box[3], box[0]:box[2]] = True
+    out = np.asarray(Inpainter(method).erase_box(PHOTO, box))
+    assert out.shape == true.shape and (out[~hole] == true[~hole]).all()
+    gray = true.copy()
+    gray[hole] = 128
+    assert psnr_in_hole(out, true, hole) > psnr_in_hole(gray, true, hole) + 2
+
+
+def test_missing_contrib_method_names_the_package(monkeypatch):
+    import cv2
+
+    monkeypatch.delattr(cv2, "xphoto", raising=False)
+    with pytest.raises(InputError, match="opencv-contrib-python-headless"):
+        Inpainter("shiftmap")
+
+
+def test_bad_holes_get_clear_errors():
+    inp = Inpainter("telea")
+    with pytest.raises(InputError, match="empty"):
+        inp.fill(PHOTO, np.zeros((213, 320), bool))
+    with pytest.raises(InputError, match="covers 100%"):
+        inp.fill(PHOTO, np.ones((213, 320), bool))
+    with pytest.raises(InputError, match="the hole is 10x10, the photo 320x213"):
+        inp.fill(PHOTO, np.ones((10, 10), bool))

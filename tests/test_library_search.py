@@ -253,7 +253,8 @@ def test_ranking_without_prefilter_equals_pairwise_scoring(fosd_lib, student_pat
         assert r.score == pytest.approx(pair[r.id], abs=2e-3)  # float16 cache
 
 
-def test_search_photo_makes_each_composite_once_for_the_teacher_and_the_page(fosd_lib, student_path, data_root):
+def test_search_photo_makes_each_composite_once_for_the_teacher_and_the_page(fosd_lib, student_path, data_root,
+                                                                             monkeypatch):
     """The app's one call: the reranked top N carry the composite the teacher scored (the one shown),
     the rest their own; the order is the teacher's top N, then the student's rest."""
     import fos.search as S
@@ -266,11 +267,9 @@ def test_search_photo_makes_each_composite_once_for_the_teacher_and_the_page(fos
     box = (20, 30, 180, 150)
     made = []
     real = S.composite
-    S.composite = lambda *a, **k: made.append(a[1]) or real(*a, **k)
-    try:
-        res = eng.search_photo(bg_path, box, "cat", k=5, rerank=2)
-    finally:
-        S.composite = real
+    monkeypatch.setattr(S, "composite", lambda *a, **k: made.append(a[1]) or real(*a, **k))
+    res = eng.search_photo(bg_path, box, "cat", k=5, rerank=2)
+    monkeypatch.undo()
     assert len(made) == 5  # once per result shown, the reranked two included
     assert [r.ranked_by for r in res.results] == ["teacher"] * 2 + ["student"] * 3
     assert res.results[0].teacher_score >= res.results[1].teacher_score

@@ -11,6 +11,12 @@ never changed:
   (output minus input) is upsampled and added to the full-resolution fill. Runs in torch or, when its
   exported graph ``<weights dir>/onnx/inpaint.onnx`` is current, in ONNX Runtime (``backend="auto"``).
 - ``telea``, ``ns``: OpenCV's ``cv2.inpaint`` (Telea's fast marching; Navier-Stokes), at full resolution.
+- ``shiftmap``, ``fsr-fast``, ``fsr-best``: OpenCV contrib's ``cv2.xphoto.inpaint`` (He and Sun's shift-map,
+  exemplar based, run in CIELab as its documentation asks; Seiler and Genser's frequency-selective
+  reconstruction, fast and best). They are slow (seconds per fill even at 128 px on 2 cores, FSR best
+  minutes), so they work on the crop resized so its longer side is at most ``XPHOTO_SIDE`` and their
+  fill is resized back (the hole only); they need ``opencv-contrib-python-headless``
+  (a superset of ``opencv-python-headless``, the same ``cv2``).
 """
 from __future__ import annotations
 
@@ -31,7 +37,11 @@ from fos.threads import have_onnxruntime, ort_session
 from fos.preprocess import RESAMPLE, InputError, load_image, validate_box
 
 DEFAULT_WEIGHTS = os.path.join("weights", "inpaint.safetensors")
-METHODS = ("spl", "telea", "ns")
+CV2_METHODS = ("telea", "ns")  # cv2.inpaint
+XPHOTO_METHODS = {"shiftmap": "INPAINT_SHIFTMAP", "fsr-fast": "INPAINT_FSR_FAST", "fsr-best": "INPAINT_FSR_BEST"}
+METHODS = ("spl", *CV2_METHODS, *XPHOTO_METHODS)
+CONTRIB = "opencv-contrib-python-headless"
+XPHOTO_SIDE = 128  # the xphoto methods' working size: the crop's longer side at most this (pixels)
 BACKENDS = ("torch", "onnxruntime")  # what runs the spl generator (the opencv methods need none)
 MAX_HOLE_FRACTION = 0.85  # a hole larger than this share of the photo leaves too little to fill from
 CV2_RADIUS = 5  # cv2.inpaint's neighbourhood radius (pixels)
@@ -74,12 +84,36 @@ def network_inputs(crop: np.ndarray, hole: np.ndarray, size: int) -> tuple[np.nd
     return img.transpose(2, 0, 1)[None].copy(), m[None, None].astype(np.float32)
 
 
-def cv2_fill(crop: np.ndarray, hole: np.ndarray, method: str = "telea", radius: int = CV2_RADIUS) -> np.ndarray:
-    """OpenCV's inpainting (``telea`` or ``ns``) of an RGB uint8 array's ``hole`` (bool)."""
+def xphoto_problem(method: str) -> str | None:
+    """None when OpenCV contrib's ``xphoto`` has ``method``'s algorithm, else what to install."""
     import cv2
 
-    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
-    return cv2.inpaint(np.ascontiguousarray(crop), hole.astype(np.uint8) * 255, radius, flag)
+    xphoto = getattr(cv2, "xphoto", None)
+    if xphoto is None or not hasattr(xphoto, XPHOTO_METHODS[method]):
+        return (f"inpainting method {method!r} needs OpenCV contrib's cv2.xphoto.{XPHOTO_METHODS[method]}, which the "
+                f"installed OpenCV {cv2.__version__} lacks; `pip uninstall opencv-python-headless && pip install "
+                f"{CONTRIB}` (the same cv2, with contrib), or use --method telea")
+    return None
+
+
+def cv2_fill(crop: np.ndarray, hole: np.ndarray, method: str = "telea", radius: int = CV2_RADIUS) -> np.ndarray:
+    """OpenCV's inpainting of an RGB uint8 array's ``hole`` (bool): ``telea`` or ``ns`` (``cv2.inpaint``,
+    ``radius``), or one of :data:`XPHOTO_METHODS` (``cv2.xphoto.inpaint``)."""
+    import cv2
+
+    crop = np.ascontiguousarray(crop)
+    if method in CV2_METHODS:
+        flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+        return cv2.inpaint(crop, hole.astype(np.uint8) * 255, radius, flag)
+    problem = xphoto_problem(method)
+    if problem:
+        raise InputError(problem)
+    valid = (~hole).astype(np.uint8) * 255  # xphoto's mask marks the known pixels
+    # shift-map expects CIELab (intensity first); FSR expects BGR
+    src = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB if method == "shiftmap" else cv2.COLOR_RGB2BGR)
+    dst = np.zeros_like(src)
+    cv2.xphoto.inpaint(src, valid, dst, getattr(cv2.xphoto, XPHOTO_METHODS[method]))
+    return cv2.cvtColor(dst, cv2.COLOR_LAB2RGB if method == "shiftmap" else cv2.COLOR_BGR2RGB)
 
 
 class Inpainter:
@@ -98,6 +132,8 @@ class Inpainter:
         self.method, self.weights = method, weights
         self.cfg = InpaintCfg()
         self.model, self.session, self.backend = None, None, "opencv"
+        if method in XPHOTO_METHODS and xphoto_problem(method):
+            raise InputError(xphoto_problem(method))
         if method != "spl":
             return
         self.model = model if model is not None else load_inpainter(weights)
@@ -134,7 +170,7 @@ class Inpainter:
         if hole.shape != arr.shape[:2]:
             raise InputError(f"the hole is {hole.shape[1]}x{hole.shape[0]}, the photo {arr.shape[1]}x{arr.shape[0]}")
         if not hole.any():
-            return img.copy()
+            raise InputError("the area to erase is empty (zero pixels); draw a box with a width and a height")
         frac = float(hole.mean())
         if frac > MAX_HOLE_FRACTION:
             raise InputError(f"the area to erase covers {frac:.0%} of the photo; inpainting fills it from the pixels "
@@ -153,6 +189,12 @@ class Inpainter:
             filled = self.run_network(*network_inputs(crop, chole, self.cfg.size))[0]
             filled = np.clip((filled.transpose(1, 2, 0) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
             filled = np.asarray(Image.fromarray(filled).resize((x2 - x1, y2 - y1), RESAMPLE))
+        elif self.method in XPHOTO_METHODS and max(crop.shape[:2]) > XPHOTO_SIDE:
+            f = XPHOTO_SIDE / max(crop.shape[:2])
+            size = (max(8, round((x2 - x1) * f)), max(8, round((y2 - y1) * f)))
+            small = np.asarray(Image.fromarray(crop).resize(size, RESAMPLE))
+            shole = np.asarray(Image.fromarray(chole.astype(np.uint8) * 255).resize(size, Image.BILINEAR)) > 0
+            filled = np.asarray(Image.fromarray(cv2_fill(small, shole, self.method)).resize((x2 - x1, y2 - y1), RESAMPLE))
         else:
             filled = cv2_fill(crop, chole, self.method)
         out = arr.copy()

@@ -42,6 +42,22 @@ def load_shapes(paths: list[str], min_pixels: int = 64) -> list[np.ndarray]:
     return out
 
 
+def load_masks(paths: list[str], shape: tuple[int, int], min_pixels: int = 64) -> list[np.ndarray]:
+    """Instance masks (bool, photo-sized ``shape`` (h, w)) from files; tiny ones are dropped, a mask of
+    another size is an error."""
+    from fos.data import DatasetError
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("L")) > 127
+        if a.shape != tuple(shape):
+            raise DatasetError(f"{p}: the mask is {a.shape[1]}x{a.shape[0]}, its photo {shape[1]}x{shape[0]}")
+        if a.sum() >= min_pixels:
+            out.append(a)
+    return out
+
+
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     if px <= 0:
         return mask
@@ -89,3 +105,52 @@ def crop_window(bbox: Box, width: int, height: int, context: float = 2.0, min_cr
     wx = int(min(max(round(cx - ww / 2), 0), width - ww))
     wy = int(min(max(round(cy - wh / 2), 0), height - wh))
     return wx, wy, wx + ww, wy + wh
+
+
+# --------------------------------------------------------------------------- the holes users make
+# A user erases an object: its box (what the app's "erase" fills) or its mask, dilated. Inside such a hole
+# the true background behind the object is unknown, so each of these holes comes with ``known``: the
+# pixels whose true value is background (everything off the photo's instance masks, which are dilated by
+# ``margin`` px so their soft edges count as object). Losses and metrics use only hole & known.
+USER_KINDS = ("object-box", "object-mask", "background-box")
+RANDOM_KINDS = ("box", "object")
+KINDS = RANDOM_KINDS + USER_KINDS
+
+
+def union(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    for m in masks:
+        out |= m
+    return out
+
+
+def object_box_hole(obj: np.ndarray, objects: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The box of instance ``obj`` (bool mask) as the hole, what the app's "erase" fills; ``known``: off
+    every instance (``objects``, the union) dilated by ``margin``. Returns (hole, known)."""
+    x1, y1, x2, y2 = hole_bbox(obj)
+    hole = np.zeros_like(obj, dtype=bool)
+    hole[y1:y2, x1:x2] = True
+    return hole, ~dilate(objects, margin)
+
+
+def object_mask_hole(obj: np.ndarray, objects: np.ndarray, dilate_px: int = 6,
+                     margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Instance ``obj`` dilated by ``dilate_px`` as the hole (an erasure that follows the object's outline);
+    only the dilated ring off every instance is known. Returns (hole, known)."""
+    return dilate(obj, dilate_px), ~dilate(objects, margin)
+
+
+def background_box_hole(objects: np.ndarray, rng: np.random.Generator, lo: float = 0.15, hi: float = 0.45,
+                        tries: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """A random box placed on background: of ``tries`` random boxes, the first that touches no instance,
+    else the one that touches the fewest instance pixels. Returns (hole, known)."""
+    h, w = objects.shape
+    best, best_overlap = None, None
+    for _ in range(tries):
+        hole = box_hole(h, w, rng, lo, hi)
+        overlap = int((hole & objects).sum())
+        if best is None or overlap < best_overlap:
+            best, best_overlap = hole, overlap
+        if overlap == 0:
+            break
+    return best, ~dilate(objects, 2)
