@@ -174,13 +174,21 @@ class SearchEngine:
         t1 = time.perf_counter()
         t["prefilter"] = (t1 - t0) * 1e3
         scores = self.scoring.student(q, self.lib.fmap[cand], self.lib.sizes[cand], self.lib.colour[cand])
-        results = [self._result(int(i), float(s)) for i, s in zip(cand, scores)]
         if extra:
             xs = self.scoring.student(q, np.stack([e.fg_part for e in extra]), [e.size for e in extra],
                                       [e.colour for e in extra])
-            results += [Result(e.id, category, float(s), "", -1, float(s), image=e.image) for e, s in zip(extra, xs)]
-        results.sort(key=lambda r: -r.score)
-        self._split_scores(q, results[:max(k, nr)], extra or [])
+            scores = np.concatenate([scores, xs])
+        n_scored = len(scores)
+        # best first, ties in candidate order (library, then the user's); Result objects only for those kept
+        results = []
+        for j in np.argsort(-scores, kind="stable")[:max(k, nr)]:
+            s = float(scores[j])
+            if j < len(cand):
+                results.append(self._result(int(cand[j]), s))
+            else:
+                e = extra[j - len(cand)]
+                results.append(Result(e.id, category, s, "", -1, s, image=e.image))
+        self._split_scores(q, results, extra or [])
         t2 = time.perf_counter()
         t["head"] = (t2 - t1) * 1e3
         if nr:
@@ -195,7 +203,7 @@ class SearchEngine:
             t3 = time.perf_counter()
             self._composites(q.bg, results[:k])
             t["composites"] = (time.perf_counter() - t3) * 1e3
-        return SearchOutput(results[:k], t, n_cand + len(extra or []), len(results))
+        return SearchOutput(results[:k], t, n_cand + len(extra or []), n_scored)
 
     def search_photo(self, image, box, category: str, k: int = 10, rerank: int | None = None,
                      extra: list[ExtraItem] | None = None, eraser=None) -> PhotoSearch:
