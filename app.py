@@ -262,7 +262,7 @@ def cut_from_photo(localizer, photo, category: str, box_text: str | None, method
 
 
 def load_inpainter():
-    """The inpainter behind "erase what is in the box first" (``FOS_INPAINT``: spl, telea or ns)."""
+    """The inpainter behind "erase what is in the box first" (``FOS_INPAINT``: one of fos.inpaint.infer.METHODS)."""
     from fos.bootstrap import prepare_inpainter
 
     inp = prepare_inpainter(WEIGHTS, INPAINT_METHOD, "torch" if BACKEND == "torch" else "auto")
@@ -405,6 +405,7 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                             "over an object you want to replace. It is a smooth guess, not a real background: "
                             "on boxes larger than about a fifth of the photo, or over textured scenes, it leaves "
                             "a visible smear (often X-shaped), and the pasted cutout covers only part of it. "
+                            "The panel under the results shows what was filled, tinted red. "
                             "Leave it off when the box is already on empty background.", elem_id="erase_help")
                 fg_files = gr.File(label="Your own foregrounds (PNG with alpha, or object on white)",
                                    file_count="multiple", file_types=["image"], elem_id="fg_upload")

@@ -361,7 +361,7 @@ def test_visible_region_against_hand_computed_values():
 
 
 def test_feature_distance_is_zero_for_equal_crops_and_grows_with_the_error():
-    from fos.inpaint.metrics import FeatureDistance
+    from fos.inpaint.features import FeatureDistance
 
     fd = FeatureDistance(size=64, pretrained=False)
     true = np.asarray(Image.open(PHOTO).convert("RGB"))

@@ -155,12 +155,14 @@ LAYERS = [
     ("images, tables, arguments", {"fos.composite", "fos.examples", "fos.cli", "fos.library", "fos.library.format",
                                    "fos.library.sources", "fos.localize.masks", "fos.localize", "fos.inpaint"}),
     ("networks", {"fos.models", "fos.localize.model", "fos.inpaint.model"}),
-    ("models built and loaded", {"fos.registry", "fos.cost", "fos.localize.infer", "fos.inpaint.infer"}),
+    ("models built and loaded", {"fos.registry", "fos.cost", "fos.localize.infer", "fos.inpaint.infer",
+                                 "fos.inpaint.features"}),
     ("backends", {"fos.runtime"}),
     ("scoring and export", {"fos.scoring", "fos.export"}),
     ("methods", {"fos.library.build", "fos.search", "fos.evaluate", "fos.train", "fos.localize.train",
-                 "fos.localize.evaluate", "fos.localize.grow", "fos.inpaint.train", "fos.inpaint.evaluate"}),
-    ("start-up and benchmark", {"fos.bootstrap", "fos.bench"}),
+                 "fos.localize.evaluate", "fos.localize.grow", "fos.inpaint.train"}),
+    # the inpainting evaluation scores erase as the app shows it: it needs the app's default library
+    ("start-up and benchmark", {"fos.bootstrap", "fos.bench", "fos.inpaint.evaluate"}),
 ]
 TOP = len(LAYERS)  # command lines, the app, export/*.py
 

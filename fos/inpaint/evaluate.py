@@ -9,13 +9,13 @@ holes:
   both scored over the whole hole (the true photo is known there);
 - **object-box**: the box of one of the photo's own instances, what the app's "erase" fills; the true
   background behind the object is unknown, so it is scored off every instance (dilated 2 px);
-- **visible** (with ``--paste``, the default): the same fill once the top-ranked cutout (the shipped
+- **visible** (unless ``--no-paste``): the same fill once the top-ranked cutout (the shipped
   student, the app's default library) is pasted into the box as the app shows it, scored where the photo
   shows through; **visible-around**: the same, but only the box minus the cutout's matte (eroded 3 px)
   is filled.
 
-Metrics: PSNR, SSIM and L1 over the scored pixels, and (``--feature``, the default) a deep-feature
-distance from the shipped ImageNet MobileNetV2 (:class:`fos.inpaint.metrics.FeatureDistance`; no
+Metrics: PSNR, SSIM and L1 over the scored pixels, and (unless ``--no-feature``) a deep-feature
+distance from the shipped ImageNet MobileNetV2 (:class:`fos.inpaint.features.FeatureDistance`; no
 downloaded LPIPS weights). Every method runs through the serving path
 (:class:`fos.inpaint.infer.Inpainter`: crop around the hole, fill, paste back). Controls that learn
 nothing: ``mean`` fills the hole with the mean colour of the crop's visible pixels; ``telea`` and ``ns``
@@ -50,6 +50,7 @@ log = logging.getLogger("fos.inpaint.evaluate")
 # into the box as the app shows it, scored where the photo shows through; visible-around: the same, but
 # only the box minus the cutout's matte (eroded by AROUND_MARGIN) is filled
 KINDS = ("box", "object", "object-box", "visible", "visible-around")
+FIGURE_KINDS = ("visible", "object-box", "box")  # the figure's kind: the first with cases
 AROUND_MARGIN = 3  # px inside the cutout's matte that are still filled in visible-around
 MAX_OBJECT_BOX = 0.5  # object boxes over this share of the photo are left out (too little to fill from)
 # the README's models: the paper's SPL and its two ablations (trained into runs/), and the shipped weights
@@ -184,7 +185,7 @@ def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str
     (the first ones), for methods too slow for all."""
     rows: dict[tuple[str, str, str], list[tuple[float, ...]]] = {}
     timing: dict[str, list[float]] = {m: [] for m in ms}
-    examples = []
+    examples: dict[str, list] = {}  # kind -> figure rows
     slow = slow or {}
     for root in roots:
         name = os.path.basename(os.path.normpath(root))
@@ -219,8 +220,9 @@ def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str
                     scores += (feature(pred, ref, c["region"], window),)
                 for key in ((name, c["kind"], m), ("all", c["kind"], m)):
                     rows.setdefault(key, []).append(scores)
-            if figure and c["kind"] == "visible" and len(outs) == len(ms) and len(examples) < 2 * figure_rows:
-                examples.append((true, c["hole"], outs))
+            shown = examples.setdefault(c["kind"], [])
+            if figure and c["kind"] in FIGURE_KINDS and len(outs) == len(ms) and len(shown) < 2 * figure_rows:
+                shown.append((true, c["hole"], outs))
     table = {}
     for (d, k, m), v in rows.items():
         a = np.array(v)
@@ -233,9 +235,11 @@ def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str
               "fills": {m: len(t) for m, t in timing.items()},
               "feature_distance": "MobileNetV2 (ImageNet, shipped) stages 1/3/6/13/17, unit-normalized, "
                                   "squared difference, no learned weights" if feature is not None else None}
-    if figure and examples:
-        save_figure(examples, list(ms), figure)
-        result["figure"] = figure
+    # the figure shows fills as the app shows them (visible) when there are any, else object boxes, else boxes
+    kind = next((k for k in FIGURE_KINDS if examples.get(k)), None)
+    if figure and kind:
+        save_figure(examples[kind], list(ms), figure)
+        result["figure"], result["figure_kind"] = figure, kind
     return result
 
 
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
         ms = methods(weights, a.backend, tuple(m for m in wanted if m != "mean"))
         if "mean" not in wanted:
             ms.pop("mean")
-        from fos.inpaint.metrics import FeatureDistance
+        from fos.inpaint.features import FeatureDistance
 
         res = evaluate(a.data or ["../shared/data/msrc-fos"], ms, a.seed, a.figure, limit=a.limit, split=a.split,
                        paster=None if a.no_paste else TopCutout(), feature=None if a.no_feature else FeatureDistance(),

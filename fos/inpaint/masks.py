@@ -45,7 +45,7 @@ def load_shapes(paths: list[str], min_pixels: int = 64) -> list[np.ndarray]:
 def load_masks(paths: list[str], shape: tuple[int, int], min_pixels: int = 64) -> list[np.ndarray]:
     """Instance masks (bool, photo-sized ``shape`` (h, w)) from files; tiny ones are dropped, a mask of
     another size is an error."""
-    from fos.data import DatasetError
+    from fos.errors import DatasetError
 
     out = []
     for p in paths:
