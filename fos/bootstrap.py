@@ -75,13 +75,15 @@ def prepare(weights: str = "weights", library: str | None = None, backend: str =
 def prepare_inpainter(weights: str = "weights", method: str = "spl", backend: str = "auto"):
     """The inpainter for "erase what is in the box first": ``spl`` from ``<weights>/inpaint.safetensors``
     (its ONNX graph exported once into ``<weights>/onnx`` when the backend allows), or OpenCV's ``telea``
-    / ``ns``. Falls back to ``telea`` with a warning when the SPL weights are missing."""
-    from fos.inpaint.infer import Inpainter, onnx_problem as inpaint_onnx_problem
+    / ``ns`` (or contrib's ``shiftmap``, ``fsr-fast``, ``fsr-best``). Falls back to
+    :data:`fos.inpaint.infer.FALLBACK` with a warning when the SPL weights are missing."""
+    from fos.inpaint.infer import FALLBACK, Inpainter, onnx_problem as inpaint_onnx_problem
 
     path = os.path.join(weights, "inpaint.safetensors")
     if method == "spl" and not os.path.isfile(path):
-        log.warning("no inpainting weights at %s: erasing with OpenCV's telea (python -m fos.inpaint.train)", path)
-        method = "telea"
+        log.warning("no inpainting weights at %s: erasing with OpenCV's %s (python -m fos.inpaint.train)", path,
+                    FALLBACK)
+        method = FALLBACK
     problem = inpaint_onnx_problem(path) if method == "spl" and backend in ("auto", "onnxruntime") else None
     if problem and have("onnx") and have("onnxruntime"):
         from fos.export.inpaint import export_inpainter

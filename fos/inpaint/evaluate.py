@@ -178,11 +178,12 @@ def methods(weights: dict[str, str], backend: str = "torch", classical: tuple[st
 
 def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str | None = None,
              figure_rows: int = 4, progress: bool = True, limit: int = 0, split: str = "test",
-             paster=None, feature=None, slow: dict[str, int] | None = None) -> dict:
+             paster=None, feature=None, slow: dict[str, int] | None = None,
+             kinds: tuple[str, ...] = KINDS) -> dict:
     """Every method on every case of every root (the first ``limit`` of each kind per root when > 0).
     ``paster`` (a :class:`TopCutout`) adds the visible kinds; ``feature`` (a :class:`FeatureDistance`)
     adds the deep-feature distance; ``slow``: method -> how many cases of each kind per root it gets
-    (the first ones), for methods too slow for all."""
+    (the first ones), for methods too slow for all; ``kinds``: the kinds of hole scored."""
     rows: dict[tuple[str, str, str], list[tuple[float, ...]]] = {}
     timing: dict[str, list[float]] = {m: [] for m in ms}
     examples: dict[str, list] = {}  # kind -> figure rows
@@ -197,7 +198,7 @@ def evaluate(roots: list[str], ms: dict[str, object], seed: int = 0, figure: str
             by_kind.setdefault(c["kind"], []).append(c)
         if limit:
             by_kind = {k: v[:limit] for k, v in by_kind.items()}
-        cases = [c for k in KINDS for c in by_kind.get(k, [])]
+        cases = [c for k in KINDS if k in kinds for c in by_kind.get(k, [])]
         for c in cases:
             c["rank"] = by_kind[c["kind"]].index(c)
         if not cases:
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the classical methods and controls to run beside the SPL models (comma list)")
     p.add_argument("--slow", action="append", default=None, metavar="METHOD=N",
                    help="give METHOD only the first N holes of each kind per root (for fsr-best); repeat")
+    p.add_argument("--kinds", default=",".join(KINDS), help="the kinds of hole to score (comma list)")
     p.add_argument("--no-paste", action="store_true", help="leave out the visible-region kinds (no search)")
     p.add_argument("--no-feature", action="store_true", help="leave out the deep-feature distance")
     p.add_argument("--json", default=None, help="write the results here")
@@ -311,6 +313,9 @@ def main(argv=None) -> int:
         wanted = [m for m in a.methods.split(",") if m]
         if [m for m in wanted if m not in known]:
             raise ValueError(f"--methods takes some of {', '.join(known)}, got {a.methods!r}")
+        kinds = tuple(k for k in a.kinds.split(",") if k)
+        if not kinds or [k for k in kinds if k not in KINDS]:
+            raise ValueError(f"--kinds takes some of {', '.join(KINDS)}, got {a.kinds!r}")
         slow = {}
         for item in a.slow or []:
             m, _, n = item.partition("=")
@@ -324,7 +329,7 @@ def main(argv=None) -> int:
 
         res = evaluate(a.data or ["../shared/data/msrc-fos"], ms, a.seed, a.figure, limit=a.limit, split=a.split,
                        paster=None if a.no_paste else TopCutout(), feature=None if a.no_feature else FeatureDistance(),
-                       slow=slow)
+                       slow=slow, kinds=kinds)
         print(format_table(res))
         print("ms per fill: " + ", ".join(f"{m} {t:.1f}" for m, t in res["ms_per_fill"].items()))
         if a.json:

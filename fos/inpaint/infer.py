@@ -45,6 +45,9 @@ XPHOTO_SIDE = 128  # the xphoto methods' working size: the crop's longer side at
 BACKENDS = ("torch", "onnxruntime")  # what runs the spl generator (the opencv methods need none)
 MAX_HOLE_FRACTION = 0.85  # a hole larger than this share of the photo leaves too little to fill from
 CV2_RADIUS = 5  # cv2.inpaint's neighbourhood radius (pixels)
+# what erases when no SPL weights are installed: the fastest classical method of the README's table that
+# is as good as the best one there (shift-map and FSR take seconds a fill for no gain)
+FALLBACK = "telea"
 log = logging.getLogger("fos.inpaint")
 
 
