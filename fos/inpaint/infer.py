@@ -46,8 +46,9 @@ BACKENDS = ("torch", "onnxruntime")  # what runs the spl generator (the opencv m
 MAX_HOLE_FRACTION = 0.85  # a hole larger than this share of the photo leaves too little to fill from
 CV2_RADIUS = 5  # cv2.inpaint's neighbourhood radius (pixels)
 # what erases when no SPL weights are installed: the fastest classical method of the README's table that
-# is as good as the best one there (shift-map and FSR take seconds a fill for no gain)
-FALLBACK = "telea"
+# is as good as the best one there (NS: Telea's PSNR within 0.03 dB, a lower feature distance, 11% faster at
+# 1024 px; shift-map and FSR take seconds a fill and score lower)
+FALLBACK = "ns"
 log = logging.getLogger("fos.inpaint")
 
 
