@@ -223,7 +223,7 @@ def filled_view(image: Image.Image, box) -> Image.Image:
     out = image.convert("RGB").copy()
     tint = Image.new("RGB", (x2 - x1, y2 - y1), (255, 0, 0))
     out.paste(Image.blend(out.crop((x1, y1, x2, y2)), tint, 0.25), (x1, y1))
-    ImageDraw.Draw(out).rectangle((x1, y1, x2 - 1, y2 - 1), outline=(255, 0, 0), width=max(1, min(out.size) // 200))
+    ImageDraw.Draw(out).rectangle((x1, y1, x2 - 1, y2 - 1), outline=(255, 0, 0), width=max(2, min(out.size) // 150))
     return out
 
 
