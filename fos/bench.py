@@ -298,8 +298,9 @@ def bench_inpaint(weights: str, photo: str, sizes: list[int], seconds: float,
     for m in wanted:
         if m == "spl":
             continue
-        if m in XPHOTO_METHODS and xphoto_problem(m):
-            skipped[m] = xphoto_problem(m)
+        problem = xphoto_problem(m) if m in XPHOTO_METHODS else None
+        if problem:
+            skipped[m] = problem
             continue
         runners[m] = Inpainter(m)
     img = load_image(photo, "RGB", what="photo")

@@ -136,8 +136,9 @@ class Inpainter:
         self.method, self.weights = method, weights
         self.cfg = InpaintCfg()
         self.model, self.session, self.backend = None, None, "opencv"
-        if method in XPHOTO_METHODS and xphoto_problem(method):
-            raise InputError(xphoto_problem(method))
+        problem = xphoto_problem(method) if method in XPHOTO_METHODS else None
+        if problem:
+            raise InputError(problem)
         if method != "spl":
             return
         self.model = model if model is not None else load_inpainter(weights)

@@ -31,17 +31,6 @@ def crop_to_content(mask: np.ndarray) -> np.ndarray:
     return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
 
-def load_shapes(paths: list[str], min_pixels: int = 64) -> list[np.ndarray]:
-    """Object shapes (bool, cropped to their content) from instance mask files; tiny ones are dropped."""
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("L")) > 127
-        if a.sum() >= min_pixels:
-            out.append(crop_to_content(a))
-    return out
-
-
 def load_masks(paths: list[str], shape: tuple[int, int], min_pixels: int = 64) -> list[np.ndarray]:
     """Instance masks (bool, photo-sized ``shape`` (h, w)) from files; tiny ones are dropped, a mask of
     another size is an error."""
