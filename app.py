@@ -33,6 +33,7 @@ WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
 LIBRARY = os.environ.get("FOS_LIBRARY") or None  # None: the default library, built from assets/library
 BACKEND = os.environ.get("FOS_BACKEND", "auto")
 LOCALIZER = os.environ.get("FOS_LOCALIZER") or os.path.join(WEIGHTS, "localizer.safetensors")
+REFER = os.environ.get("FOS_REFER") or os.path.join(WEIGHTS, "refer.safetensors")
 # "erase what is in the box first": the shipped SPL model (telea-init) had the best mean PSNR inside the
 # hole on the train-split selection, a tie with Telea on the test photos (README, "Erase what is in the
 # box"); telea / ns are OpenCV's
@@ -83,6 +84,9 @@ def check_environment() -> int:
     if LIBRARY and not os.path.isdir(LIBRARY):
         raise LibraryError(f"FOS_LIBRARY={LIBRARY!r} is not a folder: point it at a library built with "
                            "`python -m fos.library build --src DIR --out LIB`, or unset it for the default library")
+    if os.environ.get("FOS_REFER") and not os.path.isfile(REFER):
+        raise WeightsError(f"FOS_REFER={REFER!r} is not a file: point it at referring weights made by "
+                           "`python -m fos.refer train`, or unset it for weights/refer.safetensors")
     return port
 
 
@@ -240,11 +244,47 @@ def load_localizer():
     return loc
 
 
-def cut_from_photo(localizer, photo, category: str, box_text: str | None, method: str | None):
-    """Localize ``category`` in ``photo`` (or use the typed box) and cut it out; returns (preview of the
-    photo with box and mask, RGBA cutout, box text, message)."""
+def load_referrer():
+    """The referring segmenter for the panel's "describe the object" box; None when its weights are missing."""
+    from fos.bootstrap import prepare_referrer
+
+    ref = prepare_referrer(REFER)
+    if ref is None:
+        return None
+    log.info("referring segmenter %s (%s, %d categories)", REFER, ref.backend, len(ref.categories))
+    return ref
+
+
+def refer_in_photo(referrer, photo, phrase: str):
+    """Cut out the object ``phrase`` describes; returns (preview with box and mask, RGBA cutout, box text,
+    message, response map over the photo)."""
+    from fos.localize.infer import draw_localization
+    from fos.refer.infer import draw_response
+
+    if referrer is None:
+        raise InputError("no referring weights are installed (weights/refer.safetensors): clear the "
+                         "describe-the-object box to use the localizer")
+    if photo is None:
+        raise InputError("no photo: upload a photo to cut an object out of")
+    referrer.check_phrase(phrase)
+    img = load_image(photo, "RGB", what="photo")
+    r = referrer.refer(img, phrase)
+    msg = (f"**{phrase}** ({r.category}) score {r.score:.2f} · box {list(r.box)} (from the phrase) · mask by "
+           f"the referring segmenter" + (f" · words it does not know, left out: {', '.join(r.ignored)}"
+                                         if r.ignored else ""))
+    return (draw_localization(img, r.box, r.mask), r.rgba(img), ",".join(str(v) for v in r.box), msg,
+            draw_response(img, r.response, r.box))
+
+
+def cut_from_photo(localizer, photo, category: str, box_text: str | None, method: str | None,
+                   phrase: str | None = None, referrer=None):
+    """Localize ``category`` in ``photo`` (or use the typed box) and cut it out; with a ``phrase``, the
+    referring segmenter cuts out the object it describes instead. Returns (preview of the photo with
+    box and mask, RGBA cutout, box text, message, response map or None)."""
     from fos.localize.infer import draw_localization
 
+    if phrase and phrase.strip():
+        return refer_in_photo(referrer, photo, phrase)
     if localizer is None:
         raise InputError("no localizer weights are installed (weights/localizer.safetensors)")
     if photo is None:
@@ -258,7 +298,7 @@ def cut_from_photo(localizer, photo, category: str, box_text: str | None, method
     msg = (f"**{category}** score {c.loc.score:.2f}" + (" (low: the photo may not show one)" if low else "")
            + f" · box {list(c.box)} ({'typed' if box else 'proposed'}) · mask by {c.method}"
            + (" (it found nothing in the box: the cutout is the whole box)" if c.whole_box else ""))
-    return draw_localization(img, c.box, c.mask), c.rgba(), ",".join(str(v) for v in c.box), msg
+    return draw_localization(img, c.box, c.mask), c.rgba(), ",".join(str(v) for v in c.box), msg, None
 
 
 def load_inpainter():
@@ -297,7 +337,7 @@ def open_background(src):
     return ImageOps.exif_transpose(img) if isinstance(src, (str, os.PathLike)) else img
 
 
-def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
+def build_demo(engine: SearchEngine, localizer=None, inpainter=None, referrer=None):
     import gradio as gr
 
     cats = engine.lib.category_names()
@@ -457,16 +497,22 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                   [gallery, table, info, big, filled, fulls], api_name="search", concurrency_limit=2)
         gallery.select(on_select, fulls, big, api_name=False)
 
-        with gr.Accordion("Cut out from a photo (weakly supervised localization)", open=False):
+        with gr.Accordion("Cut out from a photo (weakly supervised localization, or a phrase)", open=False):
             gr.Markdown("Upload a photo that shows an object, pick its category: the localizer proposes a box "
                         "and a cutout. Edit the box if needed, then add the cutout to this session's library; "
-                        "the next search ranks it with the rest." if localizer else
+                        "the next search ranks it with the rest. When the photo shows several, describe the one "
+                        "you want (\"the cow on the left\"): the referring segmenter, trained from phrases only, "
+                        "cuts it out and shows its response map." if localizer or referrer else
                         "No localizer weights are installed, so this panel is off.")
             with gr.Row():
                 with gr.Column(scale=2):
                     cut_file = gr.File(label="Photo (PNG or JPEG)", file_types=["image"], elem_id="cut_upload")
                     cut_cat = gr.Dropdown(localizer.classes if localizer else [], label="What the photo shows",
                                           elem_id="cut_category")
+                    cut_phrase = gr.Textbox(label="Describe the object (optional), e.g. \"cow on the left\": "
+                                            "the referring segmenter then picks which one" if referrer else
+                                            "Describe the object (off: no referring weights installed)",
+                                            interactive=referrer is not None, elem_id="cut_phrase")
                     cut_box = gr.Textbox(label="Box x1,y1,x2,y2 (proposed; edit to adjust, empty to propose again)",
                                          elem_id="cut_box")
                     cut_method = gr.Dropdown(["grabcut", "u2netp", "cam"],
@@ -479,17 +525,19 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
                 cut_view = gr.Image(label="Box and mask", interactive=False, elem_id="cut_view")
                 cut_img = gr.Image(label="Cutout", interactive=False, image_mode="RGBA", type="pil",
                                    elem_id="cut_img")
+                cut_resp = gr.Image(label="Response to the phrase", interactive=False, elem_id="cut_response")
 
         @safe
-        def on_cut(file, cat, box_text, method):
+        def on_cut(file, cat, box_text, method, phrase):
             path = getattr(file, "name", file)
-            view, cut, btext, msg = cut_from_photo(localizer, path, cat, box_text, method)
-            return view, cut, btext, msg
+            return cut_from_photo(localizer, path, cat, box_text, method, phrase, referrer)
 
         @safe
-        def on_add(file, cat, box_text, method, st):
+        def on_add(file, cat, box_text, method, phrase, st):
             path = getattr(file, "name", file)
-            view, cut, btext, msg = cut_from_photo(localizer, path, cat, box_text, method)
+            view, cut, btext, msg, resp = cut_from_photo(localizer, path, cat, box_text, method, phrase, referrer)
+            if phrase and phrase.strip():
+                cat = referrer.check_phrase(phrase)[0].category
             st = dict(st or {})
             cuts = list(st.get("cuts") or [])
             if len(cuts) >= MAX_UPLOADS:
@@ -499,12 +547,12 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None):
             if problems:
                 raise InputError("; ".join(problems))
             st["cuts"] = cuts + new
-            return view, cut, btext, msg + f" · added as **{name}**; {len(st['cuts'])} in this session", st
+            return view, cut, btext, msg + f" · added as **{name}**; {len(st['cuts'])} in this session", resp, st
 
-        cut_btn.click(on_cut, [cut_file, cut_cat, cut_box, cut_method], [cut_view, cut_img, cut_box, cut_msg],
-                      api_name="cut_out")
-        add_btn.click(on_add, [cut_file, cut_cat, cut_box, cut_method, state],
-                      [cut_view, cut_img, cut_box, cut_msg, state], api_name="add_cutout")
+        cut_btn.click(on_cut, [cut_file, cut_cat, cut_box, cut_method, cut_phrase],
+                      [cut_view, cut_img, cut_box, cut_msg, cut_resp], api_name="cut_out")
+        add_btn.click(on_add, [cut_file, cut_cat, cut_box, cut_method, cut_phrase, state],
+                      [cut_view, cut_img, cut_box, cut_msg, cut_resp, state], api_name="add_cutout")
         cut_file.upload(lambda f: "", cut_file, cut_box, api_name=False)  # a new photo: propose a new box
     return demo
 
@@ -519,9 +567,9 @@ def main() -> None:
     try:
         port = check_environment()
         engine = load_engine()
-        step("loading the localizer and the inpainter")
-        localizer, inpainter = load_localizer(), load_inpainter()
-        demo = build_demo(engine, localizer, inpainter)
+        step("loading the localizer, the inpainter and the referring segmenter")
+        localizer, inpainter, referrer = load_localizer(), load_inpainter(), load_referrer()
+        demo = build_demo(engine, localizer, inpainter, referrer)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Export the teacher, the student (background encoder, foreground encoder, head) and, when
-``<weights>/inpaint.safetensors`` exists, the SPL inpainting generator (``inpaint.onnx``) to ONNX.
+``<weights>/inpaint.safetensors`` exists, the SPL inpainting generator (``inpaint.onnx``) and, when
+``<weights>/refer.safetensors`` exists, the referring segmenter (``refer.onnx``) to ONNX.
 
     python export/to_onnx.py [--weights weights/] [--out weights/onnx] [--fp16] [--data DATASET_ROOT]
 
@@ -70,6 +71,15 @@ def run(a) -> int:
         par = meta.get("parity")
         print(f"wrote the inpainting graph {path}" + (f" (parity {par['max_abs_diff']:.2e} on {par['crops']} real "
                                                       f"crops, tolerance {par['tolerance']})" if par else ""))
+    refer = os.path.join(a.weights, "refer.safetensors")
+    if os.path.isfile(refer):
+        from fos.export.refer import export_referrer
+
+        path = os.path.join(out, "refer.onnx")
+        meta = export_referrer(refer, path, a.data, not a.no_check)
+        par = meta.get("parity")
+        print(f"wrote the referring graph {path}" + (f" (parity {par['max_abs_diff']:.2e} on {par['queries']} real "
+                                                     f"queries, tolerance {par['tolerance']})" if par else ""))
     return 0
 
 

@@ -91,3 +91,20 @@ def prepare_inpainter(weights: str = "weights", method: str = "spl", backend: st
         log.info("exporting the inpainting graph (%s); once per set of weights", problem)
         export_inpainter(path)
     return Inpainter(method, path, backend=backend)
+
+
+def prepare_referrer(path: str, backend: str = "auto"):
+    """The referring segmenter of ``path`` for the app's "describe the object" box (its ONNX graph
+    exported once into ``<weights>/onnx`` when the backend allows); None when the weights are missing."""
+    if not os.path.isfile(path):
+        log.warning("no referring weights at %s: the describe-the-object box is off (python -m fos.refer train)", path)
+        return None
+    from fos.refer.infer import Referrer, onnx_problem as refer_onnx_problem
+
+    problem = refer_onnx_problem(path) if backend in ("auto", "onnxruntime") else None
+    if problem and have("onnx") and have("onnxruntime"):
+        from fos.export.refer import export_referrer
+
+        log.info("exporting the referring graph (%s); once per set of weights", problem)
+        export_referrer(path)
+    return Referrer(path, backend=backend)

@@ -44,3 +44,38 @@ def tiny_weights(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _chdir_root(monkeypatch):
     monkeypatch.chdir(ROOT)
+
+
+SHIPPED_FILES = ("student", "teacher", "localizer", "inpaint", "refer")
+
+
+@pytest.fixture(scope="session")
+def shipped_exported(tmp_path_factory):
+    """A scratch copy of the shipped weights with every ONNX graph exported once (parity checked on real
+    msrc-fos images when they are there): what the app, the export tests and the bench tests share, so
+    the slow export runs once per test session. Returns (weights folder, the manifest)."""
+    import json
+    import shutil
+
+    from fos.export.onnx import export_and_check
+
+    if not os.path.exists(SHIPPED):
+        pytest.skip("shipped weights missing")
+    w = tmp_path_factory.mktemp("shipped") / "weights"
+    w.mkdir()
+    for name in SHIPPED_FILES:
+        for ext in (".safetensors", ".json"):
+            src = os.path.join(ROOT, "weights", name + ext)
+            if os.path.isfile(src):
+                shutil.copy(src, w / (name + ext))
+    data = DATA if os.path.isdir(os.path.join(DATA, "photos")) else None
+    export_and_check(str(w), str(w / "onnx"), fp16=False, data=data, progress=False)
+    if (w / "inpaint.safetensors").is_file():
+        from fos.export.inpaint import export_inpainter
+
+        export_inpainter(str(w / "inpaint.safetensors"), str(w / "onnx" / "inpaint.onnx"), data)
+    if (w / "refer.safetensors").is_file():
+        from fos.export.refer import export_referrer
+
+        export_referrer(str(w / "refer.safetensors"), str(w / "onnx" / "refer.onnx"), data)
+    return str(w), json.load(open(w / "onnx" / "manifest.json"))

@@ -28,17 +28,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    if not os.path.exists(os.path.join(ROOT, "weights", "student.safetensors")):
-        pytest.skip("shipped weights missing")
+def app_url(tmp_path_factory, shipped_exported):
     port = free_port()
     work = tmp_path_factory.mktemp("app")
-    # the shipped weights, with the exported graphs and library built into a scratch copy
+    # the shipped weights with their exported graphs (shared with the export tests), in a scratch copy
+    # where the app builds its default library
     w = work / "weights"
-    w.mkdir()
-    for f in ("student.safetensors", "student.json", "teacher.safetensors", "teacher.json", "localizer.safetensors",
-              "localizer.json", "inpaint.safetensors", "inpaint.json"):
-        shutil.copy(os.path.join(ROOT, "weights", f), w / f)
+    shutil.copytree(shipped_exported[0], w)
     env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", FOS_WEIGHTS=str(w),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     log = open(work / "app.log", "w")
@@ -156,7 +152,8 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
     if not os.path.isfile(COW_PHOTO):
         pytest.skip("msrc-fos photos not found beside the repository")
     c = Client(app_url, verbose=False)
-    view, cut, box_text, msg = c.predict(handle_file(COW_PHOTO), "cow", "", "grabcut", api_name="/cut_out")
+    view, cut, box_text, msg, resp = c.predict(handle_file(COW_PHOTO), "cow", "", "grabcut", "", api_name="/cut_out")
+    assert resp is None  # no phrase: the localizer, and no response map
     x1, y1, x2, y2 = (int(v) for v in box_text.split(","))
     size = Image.open(COW_PHOTO).size
     assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
@@ -166,16 +163,16 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
     assert "cow" in msg and "proposed" in msg
     # the person adjusts the box, and the cutout follows it; then it joins the session's library
     adj = f"{x1 + 2},{y1 + 2},{x2 - 2},{y2 - 2}"
-    _, cut2, box2, msg2 = c.predict(handle_file(COW_PHOTO), "cow", adj, "grabcut", api_name="/add_cutout")
+    _, cut2, box2, msg2, _ = c.predict(handle_file(COW_PHOTO), "cow", adj, "grabcut", "", api_name="/add_cutout")
     assert box2 == adj and Image.open(cut2).size == (x2 - x1 - 4, y2 - y1 - 4)
     assert "typed" in msg2 and "added as" in msg2
     _, table, _, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, False,
                                api_name="/search")
     assert any(r[2] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
     with pytest.raises(Exception, match="inside the 320x213 image"):
-        c.predict(handle_file(COW_PHOTO), "cow", "0,0,999,50", "grabcut", api_name="/cut_out")
+        c.predict(handle_file(COW_PHOTO), "cow", "0,0,999,50", "grabcut", "", api_name="/cut_out")
     with pytest.raises(Exception, match="no photo"):
-        c.predict(None, "cow", "", "grabcut", api_name="/cut_out")
+        c.predict(None, "cow", "", "grabcut", "", api_name="/cut_out")
 
 
 def test_erase_what_is_in_the_box_first(app_url):

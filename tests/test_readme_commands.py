@@ -300,7 +300,8 @@ def test_inpaint_train_and_evaluate_commands(small_coco_root, tmp_path):
     assert os.path.isfile(w)
     out = tmp_path / "eval.json"
     run(["-m", "fos.inpaint.evaluate", "--data", small_coco_root, "--weights", f"spl={w}", "--limit", "2",
-         "--methods", "telea,mean", "--json", str(out), "--figure", str(tmp_path / "fig.png")])
+         "--methods", "telea,mean", "--kinds", "box,object,object-box", "--json", str(out),
+         "--figure", str(tmp_path / "fig.png")])
     res = json.load(open(out))
     assert {k.split("/")[1] for k in res["results"]} >= {"box", "object", "object-box"}
     assert all("feature" in v for v in res["results"].values())

@@ -21,11 +21,15 @@ SHIPPED = os.path.join(ROOT, "weights")
 
 
 @pytest.fixture(scope="module")
-def msrc_library(data_root, tmp_path_factory):
+def msrc_library(data_root, tmp_path_factory, shipped_exported):
     """Every msrc-fos cutout (436 train + 125 test = 561) encoded by the shipped student: real, distinct
-    embeddings (the tiny random student maps every cutout to nearly one point, all ties)."""
+    embeddings (the tiny random student maps every cutout to nearly one point, all ties). Encoded by its
+    exported graphs (the session's), which is faster; the library records the same student."""
+    from fos.runtime import OrtBackend
+
     out = str(tmp_path_factory.mktemp("msrc") / "lib")
-    write_library(TorchBackend(SHIPPED), data_root, out, progress=False)
+    w = shipped_exported[0]
+    write_library(OrtBackend(w, os.path.join(w, "onnx")), data_root, out, progress=False)
     return Library(out)
 
 
@@ -149,18 +153,20 @@ def test_thread_count_default_and_override(monkeypatch):
 LAYERS = [
     ("core", {"fos.errors", "fos.config", "fos.threads", "fos.photometric", "fos.models.roi_align",
               "fos.evaluate.metrics", "fos.localize.metrics", "fos.inpaint.metrics", "fos.inpaint.masks",
-              "fos.localize.config", "fos.inpaint.config"}),
+              "fos.localize.config", "fos.inpaint.config", "fos.refer.config", "fos.refer.metrics"}),
     ("files and data", {"fos.checkpoint", "fos.data", "fos.preprocess", "fos.weights", "fos.library.store",
                         "fos.prefilter"}),
     ("images, tables, arguments", {"fos.composite", "fos.examples", "fos.cli", "fos.library", "fos.library.format",
-                                   "fos.library.sources", "fos.localize.masks", "fos.localize", "fos.inpaint"}),
-    ("networks", {"fos.models", "fos.localize.model", "fos.inpaint.model"}),
+                                   "fos.library.sources", "fos.localize.masks", "fos.localize", "fos.inpaint",
+                                   "fos.refer", "fos.refer.phrases"}),
+    ("networks", {"fos.models", "fos.localize.model", "fos.inpaint.model", "fos.refer.encoders", "fos.refer.model"}),
     ("models built and loaded", {"fos.registry", "fos.cost", "fos.localize.infer", "fos.inpaint.infer",
-                                 "fos.inpaint.features"}),
+                                 "fos.inpaint.features", "fos.refer.infer"}),
     ("backends", {"fos.runtime"}),
     ("scoring and export", {"fos.scoring", "fos.export"}),
     ("methods", {"fos.library.build", "fos.search", "fos.evaluate", "fos.train", "fos.localize.train",
-                 "fos.localize.evaluate", "fos.localize.grow", "fos.inpaint.train"}),
+                 "fos.localize.evaluate", "fos.localize.grow", "fos.inpaint.train",
+                 "fos.refer.train", "fos.refer.evaluate"}),
     # the inpainting evaluation scores erase as the app shows it: it needs the app's default library
     ("start-up and benchmark", {"fos.bootstrap", "fos.bench", "fos.inpaint.evaluate"}),
 ]

@@ -56,10 +56,11 @@ def mask_path(root: str, split: str, name: str) -> str:
     return os.path.join(root, split, "labels", "masks", stem[0].upper(), stem + ".png")
 
 
-def read_path_table(path: str, default_category: str | None = None) -> list[dict]:
+def read_path_table(path: str, default_category: str | None = None, alt: str | None = None) -> list[dict]:
     """The rows of a table of files: a CSV with a header holding ``path,category`` (more columns are kept)
     or a JSON list of objects with those keys. ``path`` (and ``mask``, when given) are resolved against
-    the table's folder; a row without a category takes ``default_category``. The one reader of
+    the table's folder; a row without a category takes ``default_category``; with ``alt`` (a column name,
+    e.g. ``phrase``), a row may give that column instead of a category. The one reader of
     ``fos.library build --src TABLE`` and ``fos.library grow --photos TABLE``."""
     import csv
 
@@ -74,8 +75,10 @@ def read_path_table(path: str, default_category: str | None = None) -> list[dict
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
-                if not reader.fieldnames or not {"path", "category"} <= set(reader.fieldnames):
-                    raise DatasetError(f"{path}: the CSV needs a header with the columns path,category "
+                cols = set(reader.fieldnames or [])
+                if "path" not in cols or not ("category" in cols or (alt and alt in cols)):
+                    need = "path,category" + (f" (or path,{alt})" if alt else "")
+                    raise DatasetError(f"{path}: the CSV needs a header with the columns {need} "
                                        f"(got {reader.fieldnames})")
                 rows = list(reader)
         except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -86,8 +89,10 @@ def read_path_table(path: str, default_category: str | None = None) -> list[dict
     base = os.path.dirname(os.path.abspath(path))
     out = []
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or not r.get("path") or not (r.get("category") or default_category):
-            raise DatasetError(f"{path}: row {i + first} needs a path and a category, got {r!r}")
+        if not isinstance(r, dict) or not r.get("path") or not (r.get("category") or default_category or
+                                                                 (alt and r.get(alt))):
+            raise DatasetError(f"{path}: row {i + first} needs a path and a category{f' or a {alt}' if alt else ''}, "
+                               f"got {r!r}")
         row = {**r, "category": r.get("category") or default_category}
         for key in ("path", "mask"):
             if row.get(key) and not os.path.isabs(row[key]):

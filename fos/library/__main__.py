@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", help="build/add: folder of category folders, CSV/JSON table, or FOSD dataset root")
     p.add_argument("--photos", help="grow: folder of photos (with --category) or CSV path,category")
     p.add_argument("--category", help="grow: what the photos show (one of the localizer's classes)")
+    p.add_argument("--phrase", help='grow: which object to cut out, e.g. "dog on the left" (the referring '
+                   "segmenter; or a phrase column in the CSV)")
+    p.add_argument("--refer", default="weights/refer.safetensors", help="grow: referring segmenter weights")
     p.add_argument("--localizer", default="weights/localizer.safetensors", help="grow: localizer weights")
     p.add_argument("--mask-method", choices=["cam", "grabcut", "u2netp"], default=None,
                    help="grow: box-to-mask method (default: the localizer's)")
@@ -60,11 +63,21 @@ def run_grow(a) -> int:
     from fos.localize.grow import grow
     from fos.localize.infer import Localizer
 
+    from fos.localize.grow import read_photos
+
     if not a.photos:
-        raise LibraryError("--photos is required for grow (a folder with --category, or a CSV path,category)")
-    localizer = Localizer(a.localizer)
+        raise LibraryError("--photos is required for grow (a folder with --category or --phrase, or a CSV "
+                           "path,category or path,phrase)")
+    triples = read_photos(a.photos, a.category, a.phrase)
+    localizer = Localizer(a.localizer) if any(not t[2] for t in triples) else None
+    referrer = None
+    if any(t[2] for t in triples):
+        from fos.refer.infer import Referrer
+
+        referrer = Referrer(a.refer)
     backend = get_backend(a.backend, a.weights)
-    res = grow(backend, a.photos, a.category, a.out, localizer, a.mask_method, a.min_score)
+    res = grow(backend, a.photos, a.category, a.out, localizer, a.mask_method, a.min_score, phrase=a.phrase,
+               referrer=referrer)
     print(f"grow: {res['cut']} cutouts, {res['added']} new in {os.path.abspath(a.out)} (now {res['count']} items); "
           f"report in {os.path.join(os.path.abspath(a.out), 'grow-report.json')}")
     if res["skipped"]:

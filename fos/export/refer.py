@@ -1,0 +1,107 @@
+"""ONNX export of the referring segmenter's inference path, and its parity check on real photos.
+
+One graph, ``refer.onnx``: ``image`` (1, 3, S, S, ImageNet-normalized) and ``tokens`` (T, L) int64 (the
+query first, then the category bank; :meth:`fos.refer.infer.Referrer.query_tokens`) -> ``responses``
+(1, T, h, w), ``maps`` (1, T, h, w), ``mask_logits`` (1, 1, h, w) of the query and ``logits`` (1, T);
+T and L are dynamic. The sidecar ``refer.json`` records the source weights' sha256 (so
+:class:`fos.refer.infer.Referrer` serves it only while it is current), the opset and the parity
+measured here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from fos.checkpoint import atomic_write_json, file_sha256, sidecar
+from fos.export.onnx import OPSET
+from fos.refer.infer import DEFAULT_WEIGHTS, Referrer, load_referrer, onnx_path
+
+log = logging.getLogger("fos.export")
+TOLERANCE = 1e-3  # max |onnxruntime - torch| over the maps (in [0, 1]) and the mask logits
+OUTPUTS = ["responses", "maps", "mask_logits", "logits"]
+
+
+class ReferOnnx(nn.Module):
+    """Export-only wrapper (do not call directly)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    def forward(self, image, tokens):
+        return self.m(image, tokens)
+
+
+def real_photos(data_root: str | None, n: int = 3) -> list[str]:
+    """``n`` real photos: msrc-fos test photos when ``data_root`` has them, else the app's examples."""
+    paths = []
+    if data_root and os.path.isdir(os.path.join(data_root, "photos")):
+        from fos.data.photos import load_photos
+
+        paths = [ph.path for ph in load_photos(data_root, "test")[:n]]
+    if not paths:
+        from fos.examples import load_examples
+
+        paths = [e["image"] for e in load_examples()[:n]]
+    if not paths:
+        raise RuntimeError("no real photos found for the referring parity check (pass --data DATASET_ROOT)")
+    return paths
+
+
+def export_referrer(weights: str = DEFAULT_WEIGHTS, out: str | None = None, data: str | None = None,
+                    check: bool = True) -> dict:
+    """Export ``weights`` to ``out`` (default ``<weights dir>/onnx/refer.onnx``), check parity on real
+    photos with phrases of every form, write the sidecar; raises RuntimeError past :data:`TOLERANCE`
+    (the sidecar then records no source, so the graph is never served)."""
+    model = load_referrer(weights)
+    out = out or onnx_path(weights)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    s = model.cfg.input_size
+    ref = Referrer(model)
+    c = model.cfg.categories[0]
+    tokens = ref.query_tokens(f"the small white {c} on the left")
+    image = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    tmp = out + ".tmp"
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on instance norm and indexing
+        torch.onnx.export(ReferOnnx(model), (image, tokens), tmp, input_names=["image", "tokens"],
+                          output_names=OUTPUTS, opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"tokens": {0: "phrases", 1: "length"}, "responses": {1: "phrases"},
+                                        "maps": {1: "phrases"}, "logits": {1: "phrases"}})
+    import onnx
+
+    onnx.checker.check_model(onnx.load(tmp))
+    os.replace(tmp, out)
+    meta = {"source": os.path.abspath(weights), "opset": OPSET,
+            "inputs": {"image": [1, 3, s, s], "tokens": ["phrases", "length"]}, "outputs": OUTPUTS,
+            "sha256": file_sha256(out)}
+    if check:
+        from fos.preprocess import load_image, photo_input
+        from fos.threads import ort_session
+
+        sess = ort_session(out)
+        diff, n = 0.0, 0
+        for path in real_photos(data):
+            x = photo_input(load_image(path, "RGB", what="photo"), s)[None].numpy()
+            for text in (c, f"{c} on the right", f"the big {c}", f"red {c} at the top"):
+                t = ref.query_tokens(text).numpy()
+                got = sess.run(None, {"image": x, "tokens": t})
+                want = ref.run_network(x, t)
+                diff = max(diff, *(float(np.abs(g - w).max()) for g, w, name in zip(got, want, OUTPUTS)
+                                   if name in ("maps", "mask_logits")))
+                n += 1
+        meta["parity"] = {"queries": n, "max_abs_diff": diff, "tolerance": TOLERANCE}
+        if diff > TOLERANCE:
+            atomic_write_json(sidecar(out), meta)  # no source_sha256: never served
+            raise RuntimeError(f"referring graph differs from torch by {diff:.2e} (> {TOLERANCE}) on real photos")
+    meta["source_sha256"] = file_sha256(weights)
+    atomic_write_json(sidecar(out), meta)
+    log.info("referring graph written to %s%s", out,
+             f" (parity {meta['parity']['max_abs_diff']:.2e} on {meta['parity']['queries']} real queries)" if check else "")
+    return meta

@@ -1,0 +1,363 @@
+"""Referring segmentation (fos.refer): phrases from hand-made masks, metrics by hand, the network, training
+and resume, the CLI on a real photo, bad input, the ONNX graph, library grow with a phrase."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fos.preprocess import InputError
+from fos.refer import metrics as M
+from fos.refer.phrases import (Instance, PhotoPhrases, colour_name, describe, instance_phrases, negative_phrases,
+                               parse, phrase, referents)
+from tests.conftest import DATA, ROOT
+
+SHIPPED_REFER = os.path.join(ROOT, "weights", "refer.safetensors")
+# msrc-fos test photo 1_18_s shows two cows (left and right): the referring case
+TWO_COWS = os.path.join(DATA, "photos", "1_18_s.jpg")
+
+
+# --------------------------------------------------------------------------- phrases
+def test_colour_terms_of_plain_pixels():
+    for rgb, name in [((250, 250, 250), "white"), ((5, 5, 5), "black"), ((200, 30, 30), "red"),
+                      ((30, 70, 200), "blue"), ((40, 160, 40), "green"), ((240, 220, 40), "yellow"),
+                      ((128, 128, 128), "gray"), ((120, 70, 30), "brown")]:
+        assert colour_name(np.array([rgb] * 10, np.uint8)) == name
+    mixed = np.array([(200, 30, 30)] * 6 + [(30, 70, 200)] * 4, np.uint8)
+    assert colour_name(mixed) == "red"  # the most frequent term
+
+
+def test_attributes_and_phrases_of_hand_made_masks():
+    h, w = 60, 90
+    photo = np.full((h, w, 3), 128, np.uint8)
+    big = np.zeros((h, w), bool)
+    big[5:55, 2:25] = True  # 50 x 23 = 1150 px = 21 % of 5400: big, centroid x 13.5 < 30: left
+    photo[big] = (200, 30, 30)
+    small = np.zeros((h, w), bool)
+    small[45:58, 75:87] = True  # 13 x 12 = 156 px = 2.9 %: small, x 81 > 60: right, y 51.5 > 40: bottom
+    photo[small] = (30, 70, 200)
+    tiny = np.zeros((h, w), bool)
+    tiny[0:5, 40:50] = True  # 50 px < 2 %: no phrase
+    a, b = describe(big, photo, "cow", 0), describe(small, photo, "cow", 1)
+    assert describe(tiny, photo, "cow") is None
+    assert (a.h, a.v, a.size, a.colour) == ("on the left", None, "big", "red")
+    assert (b.h, b.v, b.size, b.colour) == ("on the right", "at the bottom", "small", "blue")
+    assert describe(big, photo, "body").category == "person"
+    texts = {p.text.removeprefix("the ") for p in instance_phrases(b, "x")}
+    assert texts == {"cow", "cow on the right", "cow at the bottom", "small cow", "blue cow", "blue cow on the right",
+                     "small blue cow at the bottom"}
+    insts = [a, b]
+    assert referents(phrase("cow", h="on the left"), insts) == [0]
+    assert referents(phrase("cow"), insts) == [0, 1]  # ambiguous: both cows
+    assert referents(phrase("cow", colour="blue", h="on the right"), insts) == [1]
+    neg = {p.key for p in negative_phrases(insts)}
+    assert phrase("cow", h="in the middle").key in neg and phrase("cow", v="at the top").key in neg
+    assert phrase("cow", h="on the left").key not in neg and phrase("cow", size="big").key not in neg
+    assert phrase("cow", colour="red", h="on the right").key in neg  # each attribute holds, not together
+    assert all(not referents(p, insts) for p in negative_phrases(insts))
+    # mirrored: left and right swap, the rest stays
+    f = PhotoPhrases("x", w, h, insts).flipped()
+    assert [i.h for i in f.instances] == ["on the right", "on the left"] and f.instances[1].v == "at the bottom"
+
+
+def test_typed_phrases_parse_to_category_and_attributes():
+    cats = ["cow", "dining table", "person", "aeroplane"]
+    p, unknown = parse("The small WHITE cow at the bottom!", cats)
+    assert p.key == phrase("cow", size="small", colour="white", v="at the bottom").key and unknown == []
+    assert parse("dining table on the right", cats)[0].key == phrase("dining table", h="on the right").key
+    assert parse("grey airplane, left", cats)[0].key == phrase("aeroplane", colour="gray", h="on the left").key
+    assert parse("the man in the middle", cats)[0].key == phrase("person", h="in the middle").key
+    p, unknown = parse("fluffy cow", cats)
+    assert p.key == phrase("cow").key and unknown == ["fluffy"]
+    assert parse("zebra on the left", cats)[0] is None
+
+
+# --------------------------------------------------------------------------- metrics
+def test_metrics_by_hand():
+    gt = np.zeros((4, 4), bool)
+    gt[0:2, 0:2] = True
+    other = np.zeros((4, 4), bool)
+    other[2:4, 2:4] = True
+    pred = np.zeros((4, 4), bool)
+    pred[0:2, 0:3] = True  # 6 px: 4 on gt, none on other
+    resp = np.zeros((4, 4))
+    resp[1, 1] = 1.0
+    assert M.point_hit(resp, gt) and not M.point_hit(resp, other)
+    assert M.intersection_union(pred, gt) == (4, 6)
+    assert M.instance_hit(pred, [gt, other], 0) and not M.instance_hit(pred, [gt, other], 1)
+    assert not M.instance_hit(np.zeros((4, 4), bool), [gt, other], 0)  # no overlap at all: a tie, a miss
+    r1 = M.record(pred, resp, [gt, other], 0, [0, 1], lr=True)
+    r2 = M.record(other, resp, [gt, other], 1, [1])  # one instance of its category: no instance accuracy
+    s = M.summarize([r1, r2])
+    assert s["phrases"] == 2 and s["PointM"] == 0.5 and s["multi"] == 1 and s["instance_acc"] == 1.0
+    assert s["mIoU"] == pytest.approx((4 / 6 + 1.0) / 2) and s["oIoU"] == pytest.approx((4 + 4) / (6 + 4))
+    assert M.summarize([])["PointM"] is None
+
+
+def test_random_instance_baseline_is_the_expectation():
+    from fos.refer.evaluate import random_record
+
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = ~a
+    r = random_record([a, b], 0, [0, 1], False)
+    assert r.point == 0.5 and r.instance == 0.5 and r.inter == pytest.approx(4.0) and r.union == pytest.approx(12.0)
+
+
+# --------------------------------------------------------------------------- the network
+def tiny_cfg(**kw):
+    from fos.refer.config import ReferCfg
+
+    return ReferCfg(**{"categories": ["cow", "dog"], "vocab": ["the", "cow", "dog", "on", "left", "right"],
+                       "input_size": 64, "dim": 16, "text_layers": 1, "text_heads": 2, "pretrained": False, **kw})
+
+
+def test_shapes_calibration_and_the_encoder_interface():
+    from fos.errors import WeightsError
+    from fos.refer.model import ReferNet, calibrate, class_logits
+
+    torch.manual_seed(0)
+    m = ReferNet(tiny_cfg())
+    toks = m.text.tokenize(["the cow on the left", "dog", "unheard-of cow"])
+    assert toks.shape == (3, 5) and toks[1, 1] == 0 and toks[2, 0] == 1  # padding 0, unknown 1
+    scores, maps, seg, cls = m(torch.randn(1, 3, 64, 64), toks)
+    assert scores.shape == maps.shape == (1, 3, 4, 4) and seg.shape == (1, 1, 4, 4) and cls.shape == (1, 3)
+    # calibration: each pixel's shares of the phrases (and the background) sum to 1
+    c = calibrate(scores)
+    assert torch.all(c > 0) and torch.all(c.sum(1) < 1)
+    assert torch.allclose(c.sum(1) + 1 / (1 + torch.exp(scores - 1.0).sum(1)), torch.ones(1, 4, 4), atol=1e-5)
+    # a phrase left out gets no share and the others' shares do not depend on it
+    valid = torch.tensor([[True, False, True]])
+    cv = calibrate(scores, valid)
+    assert float(cv[0, 1].max().detach()) < 1e-6
+    assert torch.allclose(cv[:, [0, 2]], calibrate(scores[:, [0, 2]]), atol=1e-6)
+    # the classification logit is mean + max (+ the focal penalty, which is <= 0)
+    flat = scores.flatten(2)
+    assert torch.allclose(class_logits(scores, False), flat.mean(-1) + flat.max(-1).values)
+    assert torch.all(class_logits(scores, True) <= class_logits(scores, False) + 1e-6)
+    # without the prompt the network has no cross-attention parameters
+    assert not any(n.startswith("prompt.") for n, _ in ReferNet(tiny_cfg(prompt=False)).named_parameters())
+    with pytest.raises(WeightsError, match="no CLIP-like encoder pair is registered"):
+        ReferNet(tiny_cfg(encoders="clip"))
+    with pytest.raises(WeightsError, match="unknown encoder pair 'nope'"):
+        ReferNet(tiny_cfg(encoders="nope"))
+
+
+def test_a_registered_encoder_pair_plugs_in():
+    from torch import nn
+
+    from fos.refer import encoders as E
+    from fos.refer.model import ReferNet
+
+    class Img(nn.Module):
+        out_channels, stride = 8, 16
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 16, stride=16)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    def pair(cfg):
+        return Img(), E.WordTransformer(cfg.vocab, 12, 1, 2, cfg.max_tokens)
+
+    E.register("test-pair", pair)
+    try:
+        m = ReferNet(tiny_cfg(encoders="test-pair"))
+        scores, _, seg, _ = m(torch.randn(1, 3, 64, 64), m.text.tokenize(["cow", "dog"]))
+        assert scores.shape == (1, 2, 4, 4) and seg.shape == (1, 1, 4, 4)
+    finally:
+        E.ENCODERS.pop("test-pair")
+
+
+# --------------------------------------------------------------------------- training
+def _fit(data_root, tmp_path, out, steps=3, seg_steps=2):
+    from fos.refer.config import ReferTrainCfg
+    from fos.refer.train import fit
+
+    cfg = ReferTrainCfg(data=[data_root], out=str(out), steps=steps, seg_steps=seg_steps, batch_size=4, limit=6,
+                        input_size=64, dim=16, pretrained=0, min_photos=1)
+    return fit(cfg, str(out / "refer.safetensors"))
+
+
+def test_training_is_seeded_resumable_and_saves_a_loadable_model(data_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from fos.refer.infer import Referrer, load_referrer
+
+    a = _fit(data_root, tmp_path, tmp_path / "a")
+    ref = load_referrer(a)
+    assert ref.cfg.categories and "on" in ref.cfg.vocab and "left" in ref.cfg.vocab and "right" in ref.cfg.vocab
+    info = json.load(open(os.path.splitext(a)[0] + ".json"))
+    assert info["history"] and info["train_photos"] >= 1
+    # interrupted at the start of stage 2, then the same command again: it resumes from the stage-1
+    # checkpoint and ends with the weights of the uninterrupted run
+    import fos.refer.train as T
+
+    real = T.ReferNet.segment
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    T.ReferNet.segment = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _fit(data_root, tmp_path, tmp_path / "b")
+    finally:
+        T.ReferNet.segment = real
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+    b = _fit(data_root, tmp_path, tmp_path / "b")
+    wa, wb = load_file(a), load_file(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    r = Referrer(a, backend="torch")
+    img = Image.open(TWO_COWS).convert("RGB")
+    full, prob, score, peak = r.predict(img, ref.cfg.categories[0])
+    assert full.shape == prob.shape == (img.height, img.width) and 0 <= score <= 1 and float(full.max()) == 1.0
+
+
+def test_negative_phrases_are_in_every_batch(data_root, tmp_path):
+    from fos.refer.train import Views, load_phrases, stage1_batch
+
+    photos = load_phrases([data_root], "train", limit=8, progress=False)
+    cats = sorted({i.category for p in photos for i in p.instances})
+    v = Views(photos, cats)
+    assert len(v) == 2 * len(photos)
+    plist, y = stage1_batch(v, np.arange(4), 2, np.random.default_rng(0))
+    assert y.shape == (4, len(plist)) and y.sum() >= 4  # every photo's positive
+    for k in range(4):  # the labels are what holds in the photo (and its mirror)
+        for j, p in enumerate(plist):
+            assert bool(y[k, j]) == any(p.fits(i) for i in v.views[k].instances)
+    assert (y == 0).any(axis=0).any()
+
+
+# --------------------------------------------------------------------------- the shipped model
+shipped = pytest.mark.skipif(not os.path.isfile(SHIPPED_REFER), reason="shipped referring weights missing")
+
+
+def refer_cli(*args, timeout=300):
+    env = dict(os.environ, FOS_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "fos.refer", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@shipped
+def test_cli_on_a_real_photo_writes_mask_cutout_and_json(tmp_path):
+    if not os.path.isfile(TWO_COWS):
+        pytest.skip("msrc-fos photos not found beside the repository")
+    out = {k: str(tmp_path / f"{k}.png") for k in ("mask", "cutout", "response")}
+    js = str(tmp_path / "r.json")
+    r = refer_cli("--image", TWO_COWS, "--text", "the cow on the left", "--mask", out["mask"], "--cutout", out["cutout"],
+                  "--response", out["response"], "--json", js, "--backend", "torch")
+    assert r.returncode == 0, r.stderr[-2000:]
+    size = Image.open(TWO_COWS).size
+    m = np.asarray(Image.open(out["mask"]))
+    assert m.shape == (size[1], size[0]) and set(np.unique(m)) <= {0, 255} and (m == 255).any()
+    d = json.load(open(js))
+    assert set(d) >= {"box", "score", "peak", "category", "text", "ignored_words"} and d["category"] == "cow"
+    x1, y1, x2, y2 = d["box"]
+    c = Image.open(out["cutout"])
+    assert c.mode == "RGBA" and c.size == (x2 - x1, y2 - y1)
+    ys, xs = np.nonzero(m)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == tuple(d["box"])
+    assert Image.open(out["response"]).size == size
+
+
+@shipped
+def test_bad_phrases_and_images_are_one_line_errors(tmp_path):
+    from fos.refer.infer import Referrer
+
+    ref = Referrer(SHIPPED_REFER, backend="torch")
+    for text, msg in [("", "empty phrase"), ("   ", "empty phrase"), ("blorp zzz", "no word of 'blorp zzz' is known"),
+                      ("zebra on the left", "names no category the model saw")]:
+        with pytest.raises(InputError, match=msg) as e:
+            ref.check_phrase(text)
+        assert "it knows the categories" in str(e.value) and "cow" in str(e.value)
+    p, ignored = ref.check_phrase("fluffy cow on the left")
+    assert p.category == "cow" and ignored == ["fluffy"]
+    # a model whose threshold nothing reaches says so instead of writing an empty mask
+    strict = Referrer(replace_cfg(ref, respond_threshold=1.01))
+    img = Image.new("RGB", (64, 48), (120, 120, 120))
+    with pytest.raises(InputError, match="nothing in this photo responds to 'cow'"):
+        strict.refer(img, "cow")
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (20000, 20000), 0).save(bomb, optimize=True)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    for path, msg in [(bomb, "over the limit"), (junk, "junk.jpg"), (tmp_path / "nope.jpg", "nope.jpg")]:
+        r = refer_cli("--image", str(path), "--text", "cow", "--mask", str(tmp_path / "m.png"), "--backend", "torch")
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = refer_cli("--image", TWO_COWS, "--text", "zebra", "--mask", str(tmp_path / "m.png"), "--backend", "torch")
+    assert r.returncode == 2 and "names no category" in r.stderr and not (tmp_path / "m.png").exists()
+
+
+def replace_cfg(ref, **kw):
+    from fos.refer.model import ReferNet
+
+    m = ReferNet(replace(ref.cfg, pretrained=False, **kw))
+    m.load_state_dict(ref.model.state_dict())
+    return m.eval()
+
+
+@shipped
+def test_onnx_graph_matches_torch_and_is_served(shipped_exported):
+    from fos.refer.infer import Referrer
+
+    w = os.path.join(shipped_exported[0], "refer.safetensors")
+    meta = json.load(open(os.path.join(shipped_exported[0], "onnx", "refer.json")))
+    assert meta["parity"]["max_abs_diff"] <= meta["parity"]["tolerance"] == 1e-3 and meta["parity"]["queries"] >= 8
+    ort, pt = Referrer(w), Referrer(w, backend="torch")
+    assert ort.backend == "onnxruntime" and pt.backend == "torch"
+    img = Image.open(TWO_COWS).convert("RGB") if os.path.isfile(TWO_COWS) else Image.new("RGB", (80, 60), (90, 120, 60))
+    for text in ("cow", "the cow on the right", "small black cow at the top"):
+        a, b = ort.predict(img, text), pt.predict(img, text)
+        assert np.abs(a[0] - b[0]).max() < 1e-3 and np.abs(a[1] - b[1]).max() < 1e-3 and abs(a[2] - b[2]) < 1e-3
+
+
+@shipped
+def test_library_grow_with_a_phrase(data_root, tmp_path, tiny_weights):
+    if not os.path.isfile(TWO_COWS):
+        pytest.skip("msrc-fos photos not found beside the repository")
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(TWO_COWS, photos / "two.jpg")
+    shutil.copy(os.path.join(data_root, "photos", "1_19_s.jpg"), photos / "one.jpg")
+    table = tmp_path / "t.csv"
+    table.write_text(f"path,phrase\n{photos / 'two.jpg'},the cow on the right\n{photos / 'one.jpg'},cow\n")
+    lib = tmp_path / "lib"
+    env = dict(os.environ, FOS_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "fos.library", "grow", "--photos", str(table), "--out", str(lib),
+                        "--weights", tiny_weights, "--backend", "torch", "--min-score", "0"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    items = json.load(open(lib / "library.json"))["items"]
+    assert len(items) == 2 and {i["category"] for i in items} == {"cow"}
+    prov = {i["provenance"]["phrase"]: i["provenance"] for i in items}
+    assert set(prov) == {"the cow on the right", "cow"} and all(p["mask_method"] == "refer" for p in prov.values())
+    # a phrase the model cannot read stops the command before any photo is processed
+    table.write_text(f"path,phrase\n{photos / 'two.jpg'},zebra\n")
+    r = subprocess.run([sys.executable, "-m", "fos.library", "grow", "--photos", str(table), "--out", str(tmp_path / "l2"),
+                        "--weights", tiny_weights, "--backend", "torch"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "names no category" in r.stderr and not (tmp_path / "l2").exists()
+
+
+@shipped
+def test_evaluate_command_prints_the_table_with_baselines(data_root, tmp_path):
+    js = tmp_path / "e.json"
+    r = refer_cli("evaluate", "--weights", SHIPPED_REFER, "--data", data_root, "--limit", "6", "--json", str(js),
+                  timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.load(open(js))
+    assert {"refer", "category only", "DA-WSOL", "random instance"} <= set(d["rows"])
+    for row in d["rows"].values():
+        assert set(row) == {"all", "multi-instance", "multi-instance, left/right"}
+    assert "| refer |" in r.stdout and "| category only |" in r.stdout
