@@ -175,6 +175,28 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
         c.predict(None, "cow", "", "grabcut", "", api_name="/cut_out")
 
 
+def test_describe_the_object_cuts_out_the_one_it_names(app_url):
+    """With a phrase, the panel uses the referring segmenter and shows its response map; "left" and "right"
+    give two different cows of one photo; a phrase it cannot read is one clear message."""
+    if not os.path.isfile(COW_PHOTO):
+        pytest.skip("msrc-fos photos not found beside the repository")
+    if not os.path.isfile(os.path.join(ROOT, "weights", "refer.safetensors")):
+        pytest.skip("shipped referring weights missing")
+    c = Client(app_url, verbose=False)
+    boxes = {}
+    for side in ("left", "right"):
+        view, cut, box_text, msg, resp = c.predict(handle_file(COW_PHOTO), "", "", "grabcut", f"the cow on the {side}",
+                                                   api_name="/cut_out")
+        assert "referring segmenter" in msg and "(cow)" in msg
+        assert Image.open(resp).size == Image.open(COW_PHOTO).size == Image.open(view).size
+        x1, y1, x2, y2 = (int(v) for v in box_text.split(","))
+        assert Image.open(cut).size == (x2 - x1, y2 - y1) and Image.open(cut).mode == "RGBA"
+        boxes[side] = (x1, x2)
+    assert sum(boxes["left"]) < sum(boxes["right"])  # the left cow's box lies left of the right one's
+    with pytest.raises(Exception, match="names no category the model saw"):
+        c.predict(handle_file(COW_PHOTO), "", "", "grabcut", "zebra on the left", api_name="/cut_out")
+
+
 def test_erase_what_is_in_the_box_first(app_url):
     """With erasing ticked, the search ranks on, and composites onto, the erased photo."""
     if not os.path.isfile(COW_PHOTO):

