@@ -104,8 +104,10 @@ class ReferNet(nn.Module):
         self.cfg = cfg
         self.image, self.text = build_encoders(cfg)
         d = cfg.dim
+        # 1x1 convs only: a 3x3 conv's zero padding gives the border cells features of their own, and
+        # the max over pixels learned to pick them instead of the object
         self.vis_proj = nn.Sequential(nn.Conv2d(self.image.out_channels + 2 * cfg.coords, d, 1), nn.ReLU(),
-                                      nn.Conv2d(d, d, 3, padding=1))
+                                      nn.Conv2d(d, d, 1))
         self.lan_proj = nn.Linear(self.text.out_dim, d)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.prompt = BidirectionalPrompt(d) if cfg.prompt else None
