@@ -204,6 +204,19 @@ def stale_source(recorded_sha256: str | None, current_sha256: str, artifact: str
     return ""
 
 
+def graph_problem(graph: str, weights: str) -> str | None:
+    """None when the exported ``graph`` exists with a sidecar that records ``weights`` as its source, else
+    why it cannot serve them: the inpainter's and the referring segmenter's check."""
+    if not os.path.isfile(graph) or not os.path.isfile(sidecar(graph)):
+        return f"no exported graph at {graph}"
+    try:
+        with open(sidecar(graph), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"{sidecar(graph)} is unreadable ({e})"
+    return stale_source(meta.get("source_sha256"), file_sha256(weights), graph, weights) or None
+
+
 # --------------------------------------------------------------------------- resumable training
 def save_resumable(path: str, key: dict, stateful: dict, **state) -> None:
     """``<run>/last.pt``: the ``state_dict()`` of each object of ``stateful`` (model, optimizer, ...), the

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fos.checkpoint import atomic_write_json, file_sha256, sidecar
-from fos.export.onnx import OPSET, _export_one
+from fos.export.onnx import OPSET, _export_one, real_photos
 from fos.inpaint.infer import DEFAULT_WEIGHTS, Inpainter, load_inpainter, network_inputs, onnx_path
 
 log = logging.getLogger("fos.export")
@@ -38,17 +38,7 @@ def real_crops(data_root: str | None, n: int = 4, size: int = 128, seed: int = 0
     from fos.inpaint.masks import box_hole
 
     rng = np.random.default_rng(seed)
-    paths = []
-    if data_root and os.path.isdir(os.path.join(data_root, "photos")):
-        from fos.data.photos import load_photos
-
-        paths = [ph.path for ph in load_photos(data_root, "test")[:n]]
-    if not paths:
-        from fos.examples import load_examples
-
-        paths = [e["image"] for e in load_examples()[:n]]
-    if not paths:
-        raise RuntimeError("no real photos found for the inpainting parity check (pass --data DATASET_ROOT)")
+    paths = real_photos(data_root, n, "inpainting")
     from fos.preprocess import load_image
 
     imgs, masks = [], []

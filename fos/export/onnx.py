@@ -163,6 +163,23 @@ def export_onnx(weights: str | WeightsDir = "weights", out: str | None = None, f
     return manifest
 
 
+def real_photos(data_root: str | None, n: int, what: str) -> list[str]:
+    """``n`` real photos for a parity check: msrc-fos test photos when ``data_root`` has ``photos/``,
+    else the app's examples (the inpainting and referring graphs' checks)."""
+    paths = []
+    if data_root and os.path.isdir(os.path.join(data_root, "photos")):
+        from fos.data.photos import load_photos
+
+        paths = [ph.path for ph in load_photos(data_root, "test")[:n]]
+    if not paths:
+        from fos.examples import load_examples
+
+        paths = [e["image"] for e in load_examples()[:n]]
+    if not paths:
+        raise RuntimeError(f"no real photos found for the {what} parity check (pass --data DATASET_ROOT)")
+    return paths
+
+
 def real_inputs(data_root: str | None, n: int = 4, pcfg: PreprocessCfg | None = None) -> dict:
     """Real test inputs for parity checks: ``n`` backgrounds with their boxes and ``n`` foregrounds.
 

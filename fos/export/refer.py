@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fos.checkpoint import atomic_write_json, file_sha256, sidecar
-from fos.export.onnx import OPSET
+from fos.export.onnx import OPSET, real_photos
 from fos.refer.infer import DEFAULT_WEIGHTS, Referrer, load_referrer, onnx_path
 
 log = logging.getLogger("fos.export")
@@ -34,22 +34,6 @@ class ReferOnnx(nn.Module):
 
     def forward(self, image, tokens):
         return self.m(image, tokens)
-
-
-def real_photos(data_root: str | None, n: int = 3) -> list[str]:
-    """``n`` real photos: msrc-fos test photos when ``data_root`` has them, else the app's examples."""
-    paths = []
-    if data_root and os.path.isdir(os.path.join(data_root, "photos")):
-        from fos.data.photos import load_photos
-
-        paths = [ph.path for ph in load_photos(data_root, "test")[:n]]
-    if not paths:
-        from fos.examples import load_examples
-
-        paths = [e["image"] for e in load_examples()[:n]]
-    if not paths:
-        raise RuntimeError("no real photos found for the referring parity check (pass --data DATASET_ROOT)")
-    return paths
 
 
 def export_referrer(weights: str = DEFAULT_WEIGHTS, out: str | None = None, data: str | None = None,
@@ -87,7 +71,7 @@ def export_referrer(weights: str = DEFAULT_WEIGHTS, out: str | None = None, data
 
         sess = ort_session(out)
         diff, n = 0.0, 0
-        for path in real_photos(data):
+        for path in real_photos(data, 3, "referring"):
             x = photo_input(load_image(path, "RGB", what="photo"), s)[None].numpy()
             for text in (c, f"{c} on the right", f"the big {c}", f"red {c} at the top"):
                 t = ref.query_tokens(text).numpy()

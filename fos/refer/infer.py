@@ -12,7 +12,6 @@ with the most probability mass.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fos.checkpoint import file_sha256, load_paired, save_paired, sidecar, stale_source
+from fos.checkpoint import graph_problem, load_paired, save_paired
 from fos.config import to_dict
 from fos.preprocess import InputError, load_image, photo_input
 from fos.refer.config import ReferCfg
@@ -54,15 +53,7 @@ def onnx_path(weights: str) -> str:
 
 def onnx_problem(weights: str) -> str | None:
     """None when ``onnx_path(weights)`` exists and was exported from these weights, else why not."""
-    path = onnx_path(weights)
-    if not os.path.isfile(path) or not os.path.isfile(sidecar(path)):
-        return f"no exported graph at {path}"
-    try:
-        with open(sidecar(path), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        return f"{sidecar(path)} is unreadable ({e})"
-    return stale_source(meta.get("source_sha256"), file_sha256(weights), path, weights) or None
+    return graph_problem(onnx_path(weights), weights)
 
 
 def upsample(m: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -40,7 +40,7 @@ from fos.data.photos import load_photo_roots
 from fos.preprocess import load_image, photo_input
 from fos.refer.config import ReferCfg, ReferTrainCfg
 from fos.refer.infer import DEFAULT_WEIGHTS, bank_phrases, save_referrer
-from fos.refer.model import ReferNet, calibrate, class_logits
+from fos.refer.model import ReferNet, class_logits
 from fos.refer.phrases import Phrase, PhotoPhrases, photo_phrases, referents, words
 
 log = logging.getLogger("fos.refer.train")
