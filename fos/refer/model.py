@@ -3,11 +3,12 @@
 Stage 1, the text-to-image response (:meth:`ReferNet.respond`):
 
 * pixel features of the frozen image encoder, with two coordinate channels (x, y), projected to
-  ``dim`` (1x1 then 3x3 conv) and channel-normalized; the phrase embedding projected to ``dim`` and
+  ``dim`` (1x1 convs) and channel-normalized; the phrase embedding projected to ``dim`` and
   normalized;
 * the bidirectional prompt (:class:`BidirectionalPrompt`, as the paper's): pixels attend to the phrases
   and the phrases to the pixels; each refinement is added with a learned weight (0.1 at start);
-* the response of pixel i to phrase t is ``exp(s) * <v_i, l_t>``, with a learned temperature ``s``;
+* the response of pixel i to phrase t is ``exp(s) * <v_i, l_t>``, with a learned temperature ``s``,
+  plus (``spatial_gate``) the phrase's location gate (:meth:`ReferNet.gate`);
 * calibration (:func:`calibrate`): a softmax over a constant background channel and every phrase
   present, so a pixel that all phrases light up answers none of them strongly.
 
@@ -30,6 +31,10 @@ from torch import nn
 from fos.refer.config import ReferCfg
 from fos.refer.encoders import build_encoders, coords, l2n
 
+GATE_BASIS = 9  # 1, x, y, x^2, y^2, xy, sin(pi x), sin(pi y), |x|: enough for left/right/middle and top/bottom
+# the gate's logits are GATE_GAIN times its linear map: Adam moves a weight by about the learning rate a
+# step, so at 3e-4 the map alone could not reach the few units that shut a side within a run
+GATE_GAIN = 10.0
 BACKGROUND = 1.0  # the calibration's constant background logit (the authors' code uses ones)
 
 
@@ -72,6 +77,13 @@ class SegHead(nn.Module):
         return self.net(x)
 
 
+def gate_basis(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(GATE_BASIS, h, w): the functions of the cell centre (x, y in [-1, 1]) the location gate mixes."""
+    x, y = coords(h, w, like)[0]
+    return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y, torch.sin(math.pi * x),
+                        torch.sin(math.pi * y), x.abs()])
+
+
 def calibrate(scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax over [background, phrases] of responses (B, T, h, w) -> (B, T, h, w); ``valid`` (B, T)
     leaves phrases out (their share is 0)."""
@@ -112,6 +124,12 @@ class ReferNet(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.prompt = BidirectionalPrompt(d) if cfg.prompt else None
         self.alpha = nn.Parameter(torch.tensor([0.1, 0.1]))
+        if cfg.spatial_gate:
+            self.gate_proj = nn.Linear(d, GATE_BASIS)
+            with torch.no_grad():  # start half open (log sigmoid(1) = -0.31), where its gradient is not small
+                self.gate_proj.weight.mul_(1 / GATE_GAIN)
+                self.gate_proj.bias.zero_()
+                self.gate_proj.bias[0] = 1.0 / GATE_GAIN
         self.seg = SegHead(d)
         self.eval()
 
@@ -141,7 +159,20 @@ class ReferNet(nn.Module):
             vis = l2n(vis + self.alpha[0] * l2n(nv, 1), 1)
             lan = l2n(lan + self.alpha[1] * l2n(nl, -1), -1)
         scores = self.logit_scale.exp() * torch.einsum("bdhw,btd->bthw", vis, lan)
+        if self.cfg.spatial_gate:
+            scores = scores + self.gate(lan, h, w)
         return scores, vis, lan
+
+    def gate(self, lan: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The location gate (B, T, h, w) <= 0 of phrases (B, T, dim): log sigmoid of a low-frequency
+        function of the cell's position whose coefficients the phrase gives. Added to the response, it
+        multiplies the response's exponent by a number in (0, 1], so a phrase saying "on the left" can
+        shut the right side without lighting up whatever lies on the left: the response still has to
+        come from the content term. Without it (``spatial_gate`` off), location words can act only
+        through the coordinate channels beside the pixel features, which mix position into the
+        content term itself."""
+        basis = gate_basis(h, w, lan)  # (P, h, w)
+        return F.logsigmoid(GATE_GAIN * torch.einsum("btp,phw->bthw", self.gate_proj(lan), basis))
 
     def maps(self, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """What a user sees as the response (B, T, h, w) in [0, 1]: calibrated, or (ablation) the

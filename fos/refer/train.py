@@ -8,12 +8,17 @@
    ``--negatives`` same-category phrases with an attribute the photo lacks. Every photo is scored against
    every phrase of the step; the label of (photo, phrase) is whether the phrase holds in the photo.
    Loss: multi-label soft margin on :func:`fos.refer.model.class_logits`.
+   The image encoder starts from the shipped localizer's backbone (``--image-init``; DA-WSOL trained on
+   the category words of these photos), whose pixel features already tell the categories apart
+   where they are. A location gate (:meth:`fos.refer.model.ReferNet.gate`) reads "on the left", "at
+   the top" from the phrase.
 4. **Pseudo masks**: for each instance, the response maps of its unique phrases are computed as at
    inference; the positive response map selection keeps the one that agrees best with all of them
    (the mean of the others' calibrated responses under it), and its pixels at ``--pseudo-fraction`` of
    its peak or more are the pseudo mask of every one of those phrases.
 5. **Stage 2**: the segmenter head learns the pseudo masks (binary cross-entropy), from the stage-1
-   outputs computed as at inference (the phrase, then the category bank).
+   outputs computed as at inference (the phrase, then the category bank), with the positive cells
+   weighted by the negative-to-positive ratio of the batch.
 
 A checkpoint is written to ``--out`` every 250 steps and at each stage's end; rerunning the same command
 resumes from it. The weights and their JSON config go to ``--save``.
@@ -86,10 +91,11 @@ def vocabulary(photos: list[PhotoPhrases], min_photos: int) -> tuple[list[str], 
 
 @torch.no_grad()
 def frozen_features(model: ReferNet, photos: list[PhotoPhrases], path: str, batch: int = 16,
-                    progress: bool = True) -> torch.Tensor:
+                    progress: bool = True, init: str = "") -> torch.Tensor:
     """Image-encoder features of every photo, then of every mirrored photo: (2N, C, h, w) float16,
-    cached in ``path`` (recomputed when the photo list or input size differ)."""
-    key = {"photos": [p.path for p in photos], "size": model.cfg.input_size, "encoders": model.cfg.encoders}
+    cached in ``path`` (recomputed when the photo list, input size, encoders or ``init`` differ)."""
+    key = {"photos": [p.path for p in photos], "size": model.cfg.input_size, "encoders": model.cfg.encoders,
+           "init": init}
     if os.path.isfile(path):
         st = torch.load(path, map_location="cpu", weights_only=True)
         if st.get("key") == key:
@@ -203,6 +209,26 @@ def pseudo_masks(model: ReferNet, feats: torch.Tensor, views: Views, fraction: f
     return out
 
 
+def init_image_encoder(model: ReferNet, path: str) -> str:
+    """Load a localizer's backbone (``features.*`` of a :mod:`fos.localize` checkpoint) into the image
+    encoder; returns a description for the cache key ("" when ``path`` is empty)."""
+    if not path:
+        return ""
+    from fos.localize.infer import load_localizer
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"--image-init {path} does not exist: train the localizer first "
+                           "(python -m fos.localize train), or pass --image-init '' for ImageNet features")
+    loc = load_localizer(path)
+    missing, unexpected = model.image.features.load_state_dict(loc.features.state_dict(), strict=False)
+    if missing or unexpected:
+        raise DatasetError(f"--image-init {path}: its backbone does not fit the image encoder "
+                           f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    from fos.checkpoint import file_sha256
+
+    return f"{os.path.abspath(path)}:{file_sha256(path)}"
+
+
 def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "") -> str:
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
@@ -211,13 +237,17 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
     if not photos or not cats:
         raise DatasetError(f"no training photos with a category of at least {cfg.min_photos} photos in {cfg.data}")
     model = ReferNet(ReferCfg(categories=cats, vocab=vocab, input_size=cfg.input_size, dim=cfg.dim,
-                              pretrained=bool(cfg.pretrained), coords=bool(cfg.coords), prompt=bool(cfg.prompt), pooling=cfg.pooling,
+                              pretrained=bool(cfg.pretrained), coords=bool(cfg.coords),
+                              spatial_gate=bool(cfg.spatial_gate), prompt=bool(cfg.prompt), pooling=cfg.pooling,
                               calibration=bool(cfg.calibration)))
     views = Views(photos, cats)
     usable = np.nonzero(views.usable())[0]
     log.info("%d training photos (x2 mirrored), %d categories, %d words; %d phrases, %d negatives", len(photos),
              len(cats), len(vocab), sum(map(len, views.pos)), sum(map(len, views.neg)))
-    feats = frozen_features(model, photos, os.path.join(cfg.out, "features.pt"))
+    init = init_image_encoder(model, cfg.image_init if cfg.pretrained else "")
+    if init:
+        log.info("image encoder: the backbone of %s", cfg.image_init)
+    feats = frozen_features(model, photos, os.path.join(cfg.out, "features.pt"), init=init)
     opt1 = torch.optim.AdamW(model.trainable(1), lr=cfg.lr, weight_decay=cfg.weight_decay)
     opt2 = torch.optim.AdamW(model.trainable(2), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = os.path.join(cfg.out, "last.pt")
@@ -257,7 +287,9 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
                 scores, maps, vis, lan, _ = stage_outputs(model, feats[ks].float(), [triples[i][2].text for i in pick])
             logits = model.segment(vis, lan, scores, maps, torch.zeros(len(ks), dtype=torch.long))
             target = torch.stack([pseudo[triples[i][0]][triples[i][1]][0] for i in pick]).float()[:, None]
-            loss = F.binary_cross_entropy_with_logits(logits, target)
+            # balanced: a pseudo mask covers a few cells of 256, and plain BCE learned to say "nothing"
+            pos = target.mean().clamp(1e-3, 0.5)
+            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=(1 - pos) / pos)
             opt, name = opt2, "seg"
         opt.zero_grad()
         loss.backward()
