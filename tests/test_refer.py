@@ -146,6 +146,56 @@ def test_shapes_calibration_and_the_encoder_interface():
         ReferNet(tiny_cfg(encoders="nope"))
 
 
+def test_the_location_gate_shuts_a_side_and_only_lowers_responses():
+    from fos.refer.model import GATE_BASIS, GATE_GAIN, ReferNet, gate_basis
+
+    torch.manual_seed(0)
+    m = ReferNet(tiny_cfg())
+    lan = torch.nn.functional.normalize(torch.randn(2, 3, 16), dim=-1)
+    g = m.gate(lan, 4, 4).detach()
+    assert g.shape == (2, 3, 4, 4) and torch.all(g <= 0)
+    # at start the gate is about half open everywhere: log sigmoid(1) = -0.313, up to the random weights
+    assert abs(float(g.mean()) + 0.3133) < 0.05 and float((g + 0.3133).abs().max()) < 0.25
+    b = gate_basis(4, 4, lan)
+    assert b.shape == (GATE_BASIS, 4, 4) and torch.allclose(b[1], torch.linspace(-0.75, 0.75, 4).expand(4, 4))
+    # a phrase whose coefficients say "left" (-x, large) leaves the left column open and shuts the right one
+    with torch.no_grad():
+        m.gate_proj.weight.zero_()
+        m.gate_proj.bias.zero_()
+        m.gate_proj.bias[1] = -8.0 / GATE_GAIN
+    g = m.gate(lan, 4, 4)[0, 0].detach()
+    assert float(g[:, 0].min()) > -0.01 and float(g[:, 3].max()) < -5.0
+    # the response is the content term plus the gate; without the gate there is no such parameter
+    toks = m.text.tokenize(["cow on the left"])
+    x = torch.randn(1, 3, 64, 64)
+    with_gate, _, _ = m.respond(m.image(x), m.phrases(toks))
+    m.cfg.spatial_gate = False
+    without, _, _ = m.respond(m.image(x), m.phrases(toks))
+    m.cfg.spatial_gate = True
+    assert float((with_gate - without)[0, 0, :, 3].max()) < -5.0
+    assert torch.allclose((with_gate - without)[0, 0, :, 0], torch.zeros(4), atol=0.01)
+    assert not hasattr(ReferNet(tiny_cfg(spatial_gate=False)), "gate_proj")
+
+
+def test_the_image_encoder_starts_from_the_shipped_localizer_backbone():
+    from fos.checkpoint import file_sha256
+    from fos.data import DatasetError
+    from fos.localize.infer import load_localizer
+    from fos.refer.model import ReferNet
+    from fos.refer.train import init_image_encoder
+
+    path = os.path.join(ROOT, "weights", "localizer.safetensors")
+    m = ReferNet(tiny_cfg())  # random init (pretrained=False)
+    key = init_image_encoder(m, path)
+    assert key.endswith(":" + file_sha256(path))
+    want = load_localizer(path).features.state_dict()
+    got = m.image.features.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert init_image_encoder(m, "") == ""
+    with pytest.raises(DatasetError, match="does not exist: train the localizer first"):
+        init_image_encoder(m, os.path.join(ROOT, "weights", "nope.safetensors"))
+
+
 def test_a_registered_encoder_pair_plugs_in():
     from torch import nn
 
