@@ -185,7 +185,7 @@ def test_describe_the_object_cuts_out_the_one_it_names(app_url):
     c = Client(app_url, verbose=False)
     boxes = {}
     for side in ("left", "right"):
-        view, cut, box_text, msg, resp = c.predict(handle_file(COW_PHOTO), "", "", "grabcut", f"the cow on the {side}",
+        view, cut, box_text, msg, resp = c.predict(handle_file(COW_PHOTO), None, "", "grabcut", f"the cow on the {side}",
                                                    api_name="/cut_out")
         assert "referring segmenter" in msg and "(cow)" in msg
         assert Image.open(resp).size == Image.open(COW_PHOTO).size == Image.open(view).size
@@ -194,7 +194,7 @@ def test_describe_the_object_cuts_out_the_one_it_names(app_url):
         boxes[side] = (x1, x2)
     assert sum(boxes["left"]) < sum(boxes["right"])  # the left cow's box lies left of the right one's
     with pytest.raises(Exception, match="names no category the model saw"):
-        c.predict(handle_file(COW_PHOTO), "", "", "grabcut", "zebra on the left", api_name="/cut_out")
+        c.predict(handle_file(COW_PHOTO), None, "", "grabcut", "kangaroo on the left", api_name="/cut_out")
 
 
 def test_erase_what_is_in_the_box_first(app_url):

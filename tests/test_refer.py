@@ -413,12 +413,14 @@ def test_library_grow_with_a_phrase(data_root, tmp_path, tiny_weights, capsys):
     rc = library(["grow", "--photos", str(table), "--out", str(lib), "--weights", tiny_weights, "--backend", "torch",
                   "--min-score", "0"])
     assert rc == 0, capsys.readouterr().err[-2000:]
-    items = json.load(open(lib / "library.json"))["items"]
+    from fos.library import Library
+
+    items = Library(str(lib)).items
     assert len(items) == 2 and {i["category"] for i in items} == {"cow"}
     prov = {i["provenance"]["phrase"]: i["provenance"] for i in items}
     assert set(prov) == {"the cow on the right", "cow"} and all(p["mask_method"] == "refer" for p in prov.values())
     # a phrase the model cannot read stops the command before any photo is processed
-    table.write_text(f"path,phrase\n{photos / 'two.jpg'},zebra\n")
+    table.write_text(f"path,phrase\n{photos / 'two.jpg'},kangaroo on the left\n")
     capsys.readouterr()
     rc = library(["grow", "--photos", str(table), "--out", str(tmp_path / "l2"), "--weights", tiny_weights,
                   "--backend", "torch"])
