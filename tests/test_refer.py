@@ -440,3 +440,27 @@ def test_evaluate_command_prints_the_table_with_baselines(data_root, tmp_path, c
     # the random-instance row is the exact expectation: on one-instance phrases it is the true mask
     one = d["rows"]["random instance"]["all"]
     assert one["phrases"] > 0 and d["rows"]["refer"]["all"]["phrases"] == one["phrases"]
+
+
+def test_the_location_words_only_baseline_uses_the_phrase_and_no_pixels():
+    """The no-pixel control: the third the location words name is the mask, its centre the point."""
+    from fos.refer.evaluate import location_record
+    from fos.refer.phrases import Phrase
+
+    left = np.zeros((6, 9), bool)
+    left[:, 0:3] = True
+    right = np.zeros((6, 9), bool)
+    right[:, 6:9] = True
+    masks = [left, right]
+    r = location_record(Phrase("cow", (("h", "on the left"),)), masks, 0, [0, 1], True)
+    assert (r.point, r.inter, r.union, r.instance, r.lr) == (1.0, 18, 18, 1.0, True)
+    r = location_record(Phrase("cow", (("h", "on the left"),)), masks, 1, [0, 1], True)  # the wrong cow
+    assert (r.point, r.inter, r.union, r.instance) == (0.0, 0, 36, 0.0)
+    # no location word: the whole photo, its centre (row 2, column 4) on neither cow
+    r = location_record(Phrase("cow"), masks, 0, [0, 1], False)
+    assert (r.point, r.inter, r.union) == (0.0, 18, 54)
+    # "at the bottom" alone: rows 4-5 across the width, the point at row 4, column 4
+    mid = np.zeros((6, 9), bool)
+    mid[4:6, 3:6] = True
+    r = location_record(Phrase("cow", (("v", "at the bottom"),)), [mid], 0, [0], False)
+    assert (r.point, r.inter, r.union, r.instance) == (1.0, 6, 18, None)

@@ -1,5 +1,5 @@
 """``python -m fos.refer evaluate --weights W [--weights ABLATION ...] [--data ROOT ...]``: referring
-segmentation on the test photos, beside three baselines.
+segmentation on the test photos, beside four baselines.
 
 Scored phrases: every phrase of a test instance that names it alone among the instances of its
 category in the photo (:func:`fos.refer.phrases.referents`; an ambiguous phrase has several right
@@ -15,7 +15,11 @@ Baselines, on the same phrases:
   by its default mask method inside its box, the mask); phrases whose category it does not know are
   left out of its row, and the model's row on the same phrases is printed next to it;
 * **random instance**: the true mask of an instance of the category drawn at random, as an
-  expectation over the draw (its PointM counts the drawn instance being the referred one).
+  expectation over the draw (its PointM counts the drawn instance being the referred one);
+* **location words only**: a rule with no pixels: the mask is the part of the photo the phrase's
+  location words name (its third across for "on the left"/"in the middle"/"on the right", its third
+  down for "at the top"/"at the bottom", the whole extent without a word) and the point is that
+  part's centre (the photo's centre for a phrase without location words).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from tqdm import tqdm
 from fos import cli
 from fos.preprocess import InputError, load_image
 from fos.refer.metrics import Record, instance_hit, intersection_union, record, summarize
-from fos.refer.phrases import PHRASE_NAMES, PhotoPhrases, referents
+from fos.refer.phrases import PHRASE_NAMES, Phrase, PhotoPhrases, referents
 
 SUBSETS = ("all", "multi-instance", "multi-instance, left/right")
 LR = ("on the left", "on the right")
@@ -75,6 +79,25 @@ def random_record(masks: list[np.ndarray], referred: int, same: list[int], lr: b
                   float(np.mean(inst)) if len(same) >= 2 else None, lr)
 
 
+def location_record(phrase: Phrase, masks: list[np.ndarray], referred: int, same: list[int], lr: bool) -> Record:
+    """The no-pixel baseline: the region the phrase's location words name, and its centre as the point."""
+    h, w = masks[referred].shape
+    a = dict(phrase.attrs)
+
+    third = {"on the left": 0, "in the middle": 1, "on the right": 2, "at the top": 0, "at the bottom": 2}
+
+    def span(n: int, word: str | None) -> tuple[int, int]:
+        return (0, n) if word is None else (round(third[word] * n / 3), round((third[word] + 1) * n / 3))
+
+    x1, x2 = span(w, a.get("h"))
+    y1, y2 = span(h, a.get("v"))
+    region = np.zeros((h, w), bool)
+    region[y1:y2, x1:x2] = True
+    point = np.zeros((h, w), np.float32)
+    point[(y1 + y2 - 1) // 2, (x1 + x2 - 1) // 2] = 1.0
+    return record(region, point, masks, referred, same, lr)
+
+
 def localizer_class(category: str, classes: list[str]) -> str | None:
     back = {v: k for k, v in PHRASE_NAMES.items()}
     c = back.get(category, category)
@@ -83,10 +106,11 @@ def localizer_class(category: str, classes: list[str]) -> str | None:
 
 def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progress: bool = True) -> dict:
     """Records per method name: the referrers' (their rows), "category only" (of the first referrer),
-    "DA-WSOL" (when ``localizer``) and "random instance"; plus the count of ambiguous phrases."""
+    "DA-WSOL" (when ``localizer``), "random instance" and "location words only"; plus the count of ambiguous phrases."""
     first = next(iter(referrers.values()))
     cats = first.categories
-    recs: dict[str, list[tuple[Record, bool]]] = {n: [] for n in [*referrers, "category only", "random instance"]}
+    recs: dict[str, list[tuple[Record, bool]]] = {n: [] for n in [*referrers, "category only", "random instance",
+                                                                  "location words only"]}
     if localizer is not None:
         recs["DA-WSOL"] = []
     ambiguous = 0
@@ -112,6 +136,7 @@ def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progre
             m, full = cat_cache[p.category]
             recs["category only"].append((record(m, full, masks, k, same, lr), known))
             recs["random instance"].append((random_record(masks, k, same, lr), known))
+            recs["location words only"].append((location_record(p, masks, k, same, lr), known))
             if known:
                 if p.category not in loc_cache:
                     c = localizer.cut(img, localizer_class(p.category, localizer.classes))
