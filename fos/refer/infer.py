@@ -6,9 +6,10 @@ Weights: a safetensors file with its JSON config beside it (``ReferCfg``), writt
 weights and onnxruntime is installed, else torch), as the other graphs.
 
 A query is the phrase, then the category bank (one phrase per known category, the query's own left
-out): the calibration weighs the query's response against theirs. The mask is the segmenter's
-probability at ``mask_threshold`` or more, upsampled to the photo, keeping its connected component
-with the most probability mass.
+out): the calibration weighs the query's response against theirs. The mask (``mask_from``) is the
+segmenter's probability at ``mask_threshold`` or more, upsampled to the photo, keeping its connected
+component with the most probability mass; or the response at ``peak_fraction`` of its peak or more,
+keeping the connected component that holds the peak.
 """
 from __future__ import annotations
 
@@ -71,6 +72,18 @@ def keep_heaviest(mask: np.ndarray, prob: np.ndarray) -> np.ndarray:
         return mask
     mass = np.bincount(lab.ravel(), weights=prob.ravel(), minlength=n)[1:]
     return lab == 1 + int(np.argmax(mass))
+
+
+def keep_peak(mask: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """The 8-connected component of ``mask`` that holds the maximum of ``response`` (the first in
+    row-major order; the heaviest component when the peak lies outside ``mask``)."""
+    import cv2
+
+    y, x = np.unravel_index(int(np.argmax(response)), response.shape)
+    if not mask[y, x]:
+        return keep_heaviest(mask, response) if mask.any() else mask
+    _, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return lab == lab[y, x]
 
 
 @dataclass
@@ -166,7 +179,11 @@ class Referrer:
         full = np.clip(full / max(float(full.max()), 1e-6), 0, 1).astype(np.float32)
         return full, prob, float(1 / (1 + np.exp(-cls[0, 0]))), float(resp.max())
 
-    def mask_of(self, prob: np.ndarray) -> np.ndarray:
+    def mask_of(self, prob: np.ndarray, response: np.ndarray, mask_from: str | None = None) -> np.ndarray:
+        """The final mask (by ``mask_from``, default the config's) from the segmenter's probability and the
+        response over its peak."""
+        if (mask_from or self.cfg.mask_from) == "response":
+            return keep_peak(response >= self.cfg.peak_fraction, response)
         mask = prob >= self.cfg.mask_threshold
         return keep_heaviest(mask, prob) if mask.any() else mask
 
@@ -177,7 +194,7 @@ class Referrer:
         if peak < self.cfg.respond_threshold:
             raise InputError(f"nothing in this photo responds to {text!r} (peak response {peak:.3f}, "
                              f"under {self.cfg.respond_threshold}); try another phrase or photo")
-        mask = self.mask_of(prob)
+        mask = self.mask_of(prob, full)
         if not mask.any():
             raise InputError(f"the segmenter found no pixel of {text!r} in this photo (highest probability "
                              f"{float(prob.max()):.3f}); try another phrase or photo")

@@ -32,8 +32,9 @@ from fos.refer.config import ReferCfg
 from fos.refer.encoders import build_encoders, coords, l2n
 
 GATE_BASIS = 9  # 1, x, y, x^2, y^2, xy, sin(pi x), sin(pi y), |x|: enough for left/right/middle and top/bottom
-# the gate's logits are GATE_GAIN times its linear map: Adam moves a weight by about the learning rate a
-# step, so at 3e-4 the map alone could not reach the few units that shut a side within a run
+# the gate's logits are its gain (ReferCfg.gate_gain, default GATE_GAIN) times its linear map: Adam moves
+# a weight by about the learning rate a step, so at 3e-4 the map alone could not reach the few units that
+# shut a side within a run
 GATE_GAIN = 10.0
 BACKGROUND = 1.0  # the calibration's constant background logit (the authors' code uses ones)
 
@@ -64,17 +65,19 @@ class BidirectionalPrompt(nn.Module):
 
 
 class SegHead(nn.Module):
-    """Stage 2: mask logits (B, 1, h, w) of one phrase per photo."""
+    """Stage 2: mask logits (B, 1, h, w) of one phrase per photo, from the response, the calibrated
+    response and the cell's position, and (``features``) the prompted pixels times the phrase."""
 
-    def __init__(self, d: int, hidden: int = 64):
+    def __init__(self, d: int, hidden: int = 64, features: bool = True):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(d + 4, hidden, 3, padding=1), nn.ReLU(),
+        self.features = features
+        self.net = nn.Sequential(nn.Conv2d(d * features + 4, hidden, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
 
     def forward(self, vis: torch.Tensor, lan: torch.Tensor, score: torch.Tensor, calibrated: torch.Tensor):
         h, w = vis.shape[2:]
-        x = torch.cat([vis * lan[:, :, None, None], score, calibrated, coords(h, w, vis).expand(len(vis), -1, -1, -1)], 1)
-        return self.net(x)
+        x = [score, calibrated, coords(h, w, vis).expand(len(vis), -1, -1, -1)]
+        return self.net(torch.cat(([vis * lan[:, :, None, None]] if self.features else []) + x, 1))
 
 
 def gate_basis(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -127,10 +130,10 @@ class ReferNet(nn.Module):
         if cfg.spatial_gate:
             self.gate_proj = nn.Linear(d, GATE_BASIS)
             with torch.no_grad():  # start half open (log sigmoid(1) = -0.31), where its gradient is not small
-                self.gate_proj.weight.mul_(1 / GATE_GAIN)
+                self.gate_proj.weight.mul_(1 / cfg.gate_gain)
                 self.gate_proj.bias.zero_()
-                self.gate_proj.bias[0] = 1.0 / GATE_GAIN
-        self.seg = SegHead(d)
+                self.gate_proj.bias[0] = 1.0 / cfg.gate_gain
+        self.seg = SegHead(d, features=cfg.seg_features)
         self.eval()
 
     def trainable(self, stage: int) -> list[nn.Parameter]:
@@ -172,7 +175,7 @@ class ReferNet(nn.Module):
         through the coordinate channels beside the pixel features, which mix position into the
         content term itself."""
         basis = gate_basis(h, w, lan)  # (P, h, w)
-        return F.logsigmoid(GATE_GAIN * torch.einsum("btp,phw->bthw", self.gate_proj(lan), basis))
+        return F.logsigmoid(self.cfg.gate_gain * torch.einsum("btp,phw->bthw", self.gate_proj(lan), basis))
 
     def maps(self, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """What a user sees as the response (B, T, h, w) in [0, 1]: calibrated, or (ablation) the

@@ -25,6 +25,7 @@ Category words are the dataset's names, with ``person`` for MSRC's ``body`` and 
 """
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass, field
 
@@ -163,6 +164,12 @@ def instance_phrases(inst: Instance, photo_key: str = "") -> list[Phrase]:
         seen.add(p.key)
         out.append(Phrase(p.category, p.attrs, _the(f"{photo_key}:{p.text}")))
     return out
+
+
+def is_dev(path: str, fraction: float) -> bool:
+    """Whether a train photo is in the dev split: a fixed share ``fraction`` of the train photos, by a
+    hash of the file name (so it does not depend on the folder a dataset sits in)."""
+    return fraction > 0 and zlib.crc32(os.path.basename(path).encode()) % 10000 < round(fraction * 10000)
 
 
 def holds(p: Phrase, instances: list[Instance]) -> bool:

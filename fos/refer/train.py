@@ -20,6 +20,11 @@
    outputs computed as at inference (the phrase, then the category bank), with the positive cells
    weighted by the negative-to-positive ratio of the batch.
 
+``--holdout`` (default 0.2) keeps a fixed share of the train photos out of training, by a hash of the file
+name: the dev split that designs are chosen on (``python -m fos.refer evaluate --split dev``). The saved
+config says which mask is served (``--mask-from``: the segmenter's, or the response's component holding
+its peak at ``--peak-fraction`` of it).
+
 A checkpoint is written to ``--out`` every 250 steps and at each stage's end; rerunning the same command
 resumes from it. The weights and their JSON config go to ``--save``.
 """
@@ -46,7 +51,7 @@ from fos.preprocess import load_image, photo_input
 from fos.refer.config import ReferCfg, ReferTrainCfg
 from fos.refer.infer import DEFAULT_WEIGHTS, bank_phrases, save_referrer
 from fos.refer.model import ReferNet, class_logits
-from fos.refer.phrases import Phrase, PhotoPhrases, photo_phrases, referents, words
+from fos.refer.phrases import Phrase, PhotoPhrases, is_dev, photo_phrases, referents, words
 
 log = logging.getLogger("fos.refer.train")
 CKPT_EVERY = 250
@@ -114,16 +119,18 @@ def frozen_features(model: ReferNet, photos: list[PhotoPhrases], path: str, batc
 
 
 class Views:
-    """The 2N training views: photo k (k < N) and its mirror image (k + N), with their phrases."""
+    """The 2N training views: photo k (k < N) and its mirror image (k + N), with their phrases. Views of
+    dev photos (``holdout``, :func:`fos.refer.phrases.is_dev`) keep no phrase: nothing trains on them."""
 
-    def __init__(self, photos: list[PhotoPhrases], categories: list[str]):
+    def __init__(self, photos: list[PhotoPhrases], categories: list[str], holdout: float = 0.0):
         keep = set(categories)
         self.views = []
         for pp in photos + [p.flipped() for p in photos]:
             pp = PhotoPhrases(pp.path, pp.width, pp.height, [i for i in pp.instances if i.category in keep], pp.masks)
             self.views.append(pp)
-        self.pos = [v.positives() for v in self.views]
-        self.neg = [v.negatives() for v in self.views]
+        dev = [is_dev(v.path, holdout) for v in self.views]
+        self.pos = [[] if d else v.positives() for v, d in zip(self.views, dev)]
+        self.neg = [[] if d else v.negatives() for v, d in zip(self.views, dev)]
 
     def __len__(self):
         return len(self.views)
@@ -133,8 +140,9 @@ class Views:
 
 
 def stage1_batch(views: Views, idx: np.ndarray, negatives: int, rng: np.random.Generator):
-    """(phrases of the step, labels (B, T)): one positive per view, ``negatives`` same-category
-    negatives per view, duplicates dropped; label = the phrase holds in the view."""
+    """(phrases of the step, labels (B, T), own (B, T)): one positive per view, ``negatives``
+    same-category negatives per view, duplicates dropped; label = the phrase holds in the view; own =
+    the phrase's category is one the view shows."""
     phrases: dict[tuple, Phrase] = {}
     for k in idx:
         pos = views.pos[k]
@@ -145,7 +153,8 @@ def stage1_batch(views: Views, idx: np.ndarray, negatives: int, rng: np.random.G
             phrases.setdefault(neg[j].key, neg[j])
     plist = list(phrases.values())
     y = torch.tensor([[float(any(p.fits(i) for i in views.views[k].instances)) for p in plist] for k in idx])
-    return plist, y
+    own = torch.tensor([[p.category in {i.category for i in views.views[k].instances} for p in plist] for k in idx])
+    return plist, y, own
 
 
 def tokens_for(model: ReferNet, phrases: list[Phrase]) -> torch.Tensor:
@@ -233,17 +242,20 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
     photos = load_phrases(cfg.data, "train", cfg.limit, os.path.join(cfg.out, "phrases-train.json"))
-    cats, vocab = vocabulary(photos, cfg.min_photos)
+    cats, vocab = vocabulary([p for p in photos if not is_dev(p.path, cfg.holdout)], cfg.min_photos)
     if not photos or not cats:
         raise DatasetError(f"no training photos with a category of at least {cfg.min_photos} photos in {cfg.data}")
     model = ReferNet(ReferCfg(categories=cats, vocab=vocab, input_size=cfg.input_size, dim=cfg.dim,
                               pretrained=bool(cfg.pretrained), coords=bool(cfg.coords),
-                              spatial_gate=bool(cfg.spatial_gate), prompt=bool(cfg.prompt), pooling=cfg.pooling,
+                              spatial_gate=bool(cfg.spatial_gate), gate_gain=cfg.gate_gain, prompt=bool(cfg.prompt), pooling=cfg.pooling, seg_features=bool(cfg.seg_features),
+                              mask_from=cfg.mask_from, peak_fraction=cfg.peak_fraction,
                               calibration=bool(cfg.calibration)))
-    views = Views(photos, cats)
+    views = Views(photos, cats, cfg.holdout)
+    ndev = sum(is_dev(p.path, cfg.holdout) for p in photos)
     usable = np.nonzero(views.usable())[0]
-    log.info("%d training photos (x2 mirrored), %d categories, %d words; %d phrases, %d negatives", len(photos),
-             len(cats), len(vocab), sum(map(len, views.pos)), sum(map(len, views.neg)))
+    log.info("%d training photos (x2 mirrored; %d more kept out as the dev split), %d categories, %d words; "
+             "%d phrases, %d negatives", len(photos) - ndev, ndev, len(cats), len(vocab), sum(map(len, views.pos)),
+             sum(map(len, views.neg)))
     init = init_image_encoder(model, cfg.image_init if cfg.pretrained else "")
     if init:
         log.info("image encoder: the backbone of %s", cfg.image_init)
@@ -276,9 +288,12 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
         model.train()
         if stage == 1:
             idx = rng.choice(usable, min(cfg.batch_size, len(usable)), replace=False)
-            plist, y = stage1_batch(views, idx, cfg.negatives, rng)
+            plist, y, own = stage1_batch(views, idx, cfg.negatives, rng)
             scores, _, _ = model.respond(feats[idx].float(), model.phrases(tokens_for(model, plist)))
-            loss = F.multilabel_soft_margin_loss(class_logits(scores, cfg.calibration, cfg.focal_p, cfg.focal_lambda, cfg.pooling), y)
+            logits = class_logits(scores, cfg.calibration, cfg.focal_p, cfg.focal_lambda, cfg.pooling)
+            loss = F.multilabel_soft_margin_loss(logits, y)
+            if cfg.hard_weight and own.any():
+                loss = loss + cfg.hard_weight * F.binary_cross_entropy_with_logits(logits[own], y[own])
             opt, name = opt1, "cls"
         else:
             pick = rng.choice(len(triples), min(cfg.batch_size, len(triples)), replace=False)
@@ -304,7 +319,7 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
             save_resumable(ckpt, key, stateful, step=step, history=history)
     bar.close()
     model.eval()
-    save_referrer(model, save, train_cfg=to_dict(cfg), history=history, train_photos=len(photos),
+    save_referrer(model, save, train_cfg=to_dict(cfg), history=history, train_photos=len(photos) - ndev, dev_photos=ndev,
                   train_seconds=round(time.time() - t0, 1), command=command)
     log.info("wrote %s and %s", save, os.path.splitext(save)[0] + ".json")
     return save
