@@ -508,6 +508,11 @@ def test_evaluate_command_prints_the_table_with_baselines(data_root, tmp_path, c
     for sub in ("all", "multi-instance"):  # the same two mask sources, the rows swapped
         assert e["rows"]["refer"][sub] == d["rows"][f"refer ({other} masks)"][sub]
         assert e["rows"][f"refer ({own} masks)"][sub] == d["rows"]["refer"][sub]
+    r = refer_cli(capsys, "evaluate", "--weights", tiny_refer, "--data", data_root, "--limit", "2", "--json", str(js),
+                  "--mask-from", "response", "--peak-fraction", "0.5", "--localizer", "")
+    assert r.returncode == 0 and json.load(open(js))["peak_fraction"] == {"refer": 0.5}
+    r = refer_cli(capsys, "evaluate", "--weights", tiny_refer, "--data", data_root, "--peak-fraction", "0")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "peak_fraction" in r.stderr
 
 
 def test_evaluate_splits_dev_and_train_by_the_holdout_the_weights_were_trained_with(data_root, tmp_path, capsys,

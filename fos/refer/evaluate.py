@@ -188,6 +188,8 @@ def run(a) -> int:
         r = Referrer(w, backend="torch")
         if a.mask_from:
             r.cfg = replace(r.cfg, mask_from=a.mask_from)
+        if a.peak_fraction is not None:
+            r.cfg = replace(r.cfg, peak_fraction=a.peak_fraction)
         refs[name if name not in refs else w] = r
     photos = load_phrases(a.data, "train" if a.split == "dev" else a.split, a.limit)
     if a.split in ("dev", "train"):
@@ -221,7 +223,8 @@ def run(a) -> int:
                   f"{fmt(x['instance_acc'])} |")
         print()
     out = {"data": a.data, "split": a.split, "photos": len(photos), "ambiguous": res["ambiguous"], "rows": rows,
-           "weights": a.weights, "mask_from": {n: r.cfg.mask_from for n, r in refs.items()}, "localizer": a.localizer,
+           "weights": a.weights, "mask_from": {n: r.cfg.mask_from for n, r in refs.items()},
+           "peak_fraction": {n: r.cfg.peak_fraction for n, r in refs.items()}, "localizer": a.localizer,
            "seconds": round(time.time() - t0, 1),
            "command": "python -m fos.refer evaluate " + " ".join(a.argv)}
     if a.json:
@@ -243,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "empty to skip)")
     p.add_argument("--mask-from", choices=["segmenter", "response"], default=None,
                    help="score every --weights with this mask source (default: the one each was saved with)")
+    p.add_argument("--peak-fraction", type=float, default=None,
+                   help="with response masks: the share of the response's peak kept, for every --weights "
+                   "(default: each one's own)")
     p.add_argument("--limit", type=cli.nonneg_int, default=0, help="only the first N photos of each root (0: all)")
     p.add_argument("--json", default=None, help="write every number here")
     cli.add_threads(p)
