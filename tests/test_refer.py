@@ -508,9 +508,6 @@ def test_evaluate_command_prints_the_table_with_baselines(data_root, tmp_path, c
     for sub in ("all", "multi-instance"):  # the same two mask sources, the rows swapped
         assert e["rows"]["refer"][sub] == d["rows"][f"refer ({other} masks)"][sub]
         assert e["rows"][f"refer ({own} masks)"][sub] == d["rows"]["refer"][sub]
-    r = refer_cli(capsys, "evaluate", "--weights", tiny_refer, "--data", data_root, "--limit", "2", "--json", str(js),
-                  "--mask-from", "response", "--peak-fraction", "0.5", "--localizer", "")
-    assert r.returncode == 0 and json.load(open(js))["peak_fraction"] == {"refer": 0.5}
     r = refer_cli(capsys, "evaluate", "--weights", tiny_refer, "--data", data_root, "--peak-fraction", "0")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "peak_fraction" in r.stderr
 
@@ -522,16 +519,18 @@ def test_evaluate_splits_dev_and_train_by_the_holdout_the_weights_were_trained_w
 
     holdout = json.load(open(os.path.splitext(tiny_refer)[0] + ".json"))["train_cfg"]["holdout"]
     assert holdout == 0.2
-    photos = load_phrases([data_root], "train", limit=10, progress=False)
+    photos = load_phrases([data_root], "train", limit=6, progress=False)
     want = {"dev": sum(is_dev(p.path, holdout) for p in photos)}
     want["train"] = len(photos) - want["dev"]
     assert want["dev"] >= 1 and want["train"] >= 1
-    for split in ("dev", "train"):
+    for split, extra in (("dev", []), ("train", ["--mask-from", "response", "--peak-fraction", "0.5"])):
         js = tmp_path / f"{split}.json"
-        r = refer_cli(capsys, "evaluate", "--weights", tiny_refer, "--data", data_root, "--limit", "10", "--split",
-                      split, "--localizer", "", "--json", str(js))
+        r = refer_cli(capsys, "evaluate", "--weights", tiny_refer, "--data", data_root, "--limit", "6", "--split",
+                      split, "--localizer", "", "--json", str(js), *extra)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert json.load(open(js))["photos"] == want[split]
+        e = json.load(open(js))
+        assert e["photos"] == want[split]
+    assert e["mask_from"] == {"refer": "response"} and e["peak_fraction"] == {"refer": 0.5}  # the overrides
     # weights without their JSON cannot say which photos are dev: a one-line error
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes(open(tiny_refer, "rb").read())
