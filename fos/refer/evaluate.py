@@ -101,17 +101,10 @@ def location_record(phrase: Phrase, masks: list[np.ndarray], referred: int, same
     return record(region, point, masks, referred, same, lr)
 
 
-def dev_share(weights: str) -> float:
-    """The dev share (``--holdout``) the weights were trained with, from the JSON beside them (0 when
-    they predate it: every train photo was trained on)."""
-    import json
-
-    meta = os.path.splitext(weights)[0] + ".json"
-    try:
-        with open(meta, encoding="utf-8") as f:
-            return float(json.load(f).get("train_cfg", {}).get("holdout", 0.0))
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read the training config of {weights} ({meta}: {e}); --split dev needs it") from e
+def dev_share(referrer) -> float:
+    """The dev share (``--holdout``) a loaded referrer's weights were trained with, from their saved
+    training config (0 when they predate it: every train photo was trained on)."""
+    return float(getattr(referrer.model, "checkpoint_info", {}).get("train_cfg", {}).get("holdout", 0.0))
 
 
 def localizer_class(category: str, classes: list[str]) -> str | None:
@@ -186,14 +179,12 @@ def run(a) -> int:
     for w in a.weights:
         name = os.path.splitext(os.path.basename(w))[0]
         r = Referrer(w, backend="torch")
-        if a.mask_from:
-            r.cfg = replace(r.cfg, mask_from=a.mask_from)
-        if a.peak_fraction is not None:
-            r.cfg = replace(r.cfg, peak_fraction=a.peak_fraction)
+        given = {"mask_from": a.mask_from, "peak_fraction": a.peak_fraction}
+        r.cfg = replace(r.cfg, **{k: v for k, v in given.items() if v is not None})
         refs[name if name not in refs else w] = r
     photos = load_phrases(a.data, "train" if a.split == "dev" else a.split, a.limit)
     if a.split in ("dev", "train"):
-        holdout = dev_share(a.weights[0])
+        holdout = dev_share(next(iter(refs.values())))
         photos = [p for p in photos if is_dev(p.path, holdout) == (a.split == "dev")]
     if not photos:
         raise InputError(f"no {a.split} photos with instances in {a.data}")

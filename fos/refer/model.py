@@ -32,10 +32,6 @@ from fos.refer.config import ReferCfg
 from fos.refer.encoders import build_encoders, coords, l2n
 
 GATE_BASIS = 9  # 1, x, y, x^2, y^2, xy, sin(pi x), sin(pi y), |x|: enough for left/right/middle and top/bottom
-# the gate's logits are its gain (ReferCfg.gate_gain, default GATE_GAIN) times its linear map: Adam moves
-# a weight by about the learning rate a step, so at 3e-4 the map alone could not reach the few units that
-# shut a side within a run
-GATE_GAIN = 10.0
 BACKGROUND = 1.0  # the calibration's constant background logit (the authors' code uses ones)
 
 

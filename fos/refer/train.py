@@ -153,7 +153,8 @@ def stage1_batch(views: Views, idx: np.ndarray, negatives: int, rng: np.random.G
             phrases.setdefault(neg[j].key, neg[j])
     plist = list(phrases.values())
     y = torch.tensor([[float(any(p.fits(i) for i in views.views[k].instances)) for p in plist] for k in idx])
-    own = torch.tensor([[p.category in {i.category for i in views.views[k].instances} for p in plist] for k in idx])
+    shown = [{i.category for i in views.views[k].instances} for k in idx]
+    own = torch.tensor([[p.category in cats for p in plist] for cats in shown])
     return plist, y, own
 
 
