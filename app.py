@@ -46,7 +46,7 @@ MAX_K = 20  # the "how many results" slider's range is 1..MAX_K
 OUT_DIR = os.path.join(tempfile.gettempdir(), f"fos-app-{os.getpid()}")
 OUT_TTL_S = 600
 TABLE_HEADERS = ["rank", "ranked by", "id", "teacher probability", "student probability", "appearance logit",
-                 "geometry logit", "source"]
+                 "lighting logit", "geometry logit", "share: geometry / lighting / appearance", "source"]
 
 try:  # the box-drawing component; a two-click fallback works without it
     from gradio_image_annotation import image_annotator
@@ -204,8 +204,8 @@ def render(engine: SearchEngine, out: PhotoSearch):
         fulls.append(save_output(r.composite))
         gallery.append((save_output(r.composite.crop(zoom)), f"#{rank} {r.score:.2f}"))
         rows.append([rank, r.ranked_by, r.id, "" if r.teacher_score is None else round(r.teacher_score, 4),
-                     round(r.student_score, 4), round(r.appearance, 3), round(r.geometry, 3),
-                     "your upload" if r.image is not None else "library"])
+                     round(r.student_score, 4), round(r.appearance, 3), round(r.lighting, 3), round(r.geometry, 3),
+                     " / ".join(f"{v:.0%}" for v in r.shares()), "your upload" if r.image is not None else "library"])
     timings = {**out.timings_ms, "page": (time.perf_counter() - t0) * 1e3}
     erased = f" · **box erased with** {out.erased_with}" if out.erased_with else ""
     reranked = sum(r.teacher_score is not None for r in out.results)
@@ -461,9 +461,10 @@ def build_demo(engine: SearchEngine, localizer=None, inpainter=None, referrer=No
         table = gr.Dataframe(headers=TABLE_HEADERS,
                              label="Ranking, best first. With the teacher rerank on, the top N are ranked by the teacher's "
                                    "probability, the rest by the student's (the gallery shows the ranking model's). "
-                                   "student probability = sigmoid(appearance logit + geometry logit): what the pixels "
-                                   "(and, for a student with a photometric term, their colours) say, and what the box's "
-                                   "and the cutout's shape and size say", elem_id="table")
+                                   "student probability = sigmoid(appearance + lighting + geometry logits): what the "
+                                   "pixels' content says, how the cutout's colours fit the box's surround, and what the "
+                                   "box's and the cutout's shape and size say; the share column is each term's part of "
+                                   "the score (its size against the sum of the three)", elem_id="table")
         if examples:
             ex_choice = gr.Dropdown([f"{e['category']}: {e['file']}" for e in examples], label="Examples",
                                     elem_id="examples")

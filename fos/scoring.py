@@ -15,7 +15,7 @@ import torch
 
 from fos.composite import teacher_input, teacher_tensor
 from fos.preprocess import (
-    SHAPE_DIM, InputError, PreparedBackground, foreground_input, geometry_batch, prepare_background,
+    SHAPE_DIM, InputError, PreparedBackground, foreground_colour, foreground_input, geometry_batch, prepare_background,
 )
 from fos.runtime import Backend
 
@@ -109,20 +109,28 @@ class Scoring:
         """Teacher scores (N,) of cutouts ``images`` (PIL) composited into the query's box by ``rule``."""
         bg = q.bg if isinstance(q, EncodedQuery) else q
         masks = masks or [None] * len(images)
+        colours = np.stack([foreground_colour(im, m) for im, m in zip(images, masks)]) if images else np.zeros((0, 6))
         return self._teacher(bg, lambda i: teacher_input(bg, images[i], self.pcfg, rule, masks[i]),
-                             [im.size for im in images], appearance_only)
+                             [im.size for im in images], colours, appearance_only)
 
-    def teacher_on(self, q: EncodedQuery | PreparedBackground, composites: list, sizes) -> np.ndarray:
+    def teacher_on(self, q: EncodedQuery | PreparedBackground, composites: list, sizes, colours) -> np.ndarray:
         """Teacher scores (N,) of full-size composites already made (the ones a person is shown) of
-        cutouts of pixel ``sizes``: the same pixels scored as shown, not composited again."""
+        cutouts of pixel ``sizes`` and colour statistics ``colours`` (N, 6): the same pixels scored as
+        shown, not composited again."""
         bg = q.bg if isinstance(q, EncodedQuery) else q
-        return self._teacher(bg, lambda i: teacher_tensor(bg, composites[i], self.pcfg), list(sizes))
+        return self._teacher(bg, lambda i: teacher_tensor(bg, composites[i], self.pcfg), list(sizes), colours)
 
-    def _teacher(self, bg: PreparedBackground, make_input, sizes: list, appearance_only: bool = False) -> np.ndarray:
-        """The teacher on inputs ``make_input(i)`` for i < len(sizes), made a batch at a time."""
+    def _teacher(self, bg: PreparedBackground, make_input, sizes: list, colours, appearance_only: bool = False) -> np.ndarray:
+        """The teacher on inputs ``make_input(i)`` for i < len(sizes), made a batch at a time; the pair
+        vector carries the colour statistics (a teacher with a photometric term reads them)."""
         out = []
+        colours = np.asarray(colours, np.float32).reshape(len(sizes), -1)
         for s in range(0, len(sizes), self.image_batch):
             x = torch.stack([make_input(i) for i in range(s, min(s + self.image_batch, len(sizes)))]).numpy()
-            # the teacher reads the geometry columns only (it has no photometric term): no colour statistics
-            out.append(self.backend.teacher(x, self.geometry(bg, sizes[s:s + self.image_batch], None, appearance_only)))
+            b = slice(s, s + self.image_batch)
+            out.append(self.backend.teacher(x, self.geometry(bg, sizes[b], colours[b], appearance_only)))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def lighting(self, q: EncodedQuery, sizes, colours) -> np.ndarray:
+        """The student's photometric (lighting) term alone (N,): see :meth:`fos.runtime.Backend.lighting`."""
+        return self.backend.lighting(self.geometry(q, sizes, colours))

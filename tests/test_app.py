@@ -69,7 +69,8 @@ def test_search_end_to_end(app_url):
     gallery, table, info, big, filled = search(c)
     rows = table["data"]
     assert table["headers"] == ["rank", "ranked by", "id", "teacher probability", "student probability",
-                                "appearance logit", "geometry logit", "source"]
+                                "appearance logit", "lighting logit", "geometry logit",
+                                "share: geometry / lighting / appearance", "source"]
     assert len(gallery) == len(rows) == 5
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
     scores = [r[4] for r in rows]
@@ -95,11 +96,15 @@ def test_search_end_to_end(app_url):
     assert [r[4] for r in rest] == sorted((r[4] for r in rest), reverse=True)
     assert all(caption(g)[1] == pytest.approx(r[3], abs=0.0051) for g, r in zip(gallery, top))
     assert "rerank" in info and "the top 3 ranked by the teacher" in info
-    # the student's score splits into its appearance and geometry logits
+    # the student's score splits into its appearance, lighting and geometry logits, and the share column
+    # gives each term's part of their sum of sizes
     import math
 
     for r in table["data"]:
-        assert r[4] == pytest.approx(1 / (1 + math.exp(-(r[5] + r[6]))), abs=2e-3)
+        assert r[4] == pytest.approx(1 / (1 + math.exp(-(r[5] + r[6] + r[7]))), abs=2e-3)
+        shares = [float(v.rstrip("%")) / 100 for v in r[8].split(" / ")]
+        total = abs(r[7]) + abs(r[6]) + abs(r[5])
+        assert shares == pytest.approx([abs(r[7]) / total, abs(r[6]) / total, abs(r[5]) / total], abs=0.006)
 
 
 def test_bad_inputs_give_messages_and_the_app_keeps_serving(app_url, tmp_path):
@@ -142,7 +147,7 @@ def test_uploaded_foregrounds_are_ranked(app_url, tmp_path):
     # gradio_client keeps the session, so the next call sees the uploaded cutout
     gallery, table, _, _, _ = c.predict(ann, "", "cow", 20, False, 3, False, api_name="/search")
     assert "mine.png" in [r[2] for r in table["data"]]
-    assert any(r[7] == "your upload" for r in table["data"])
+    assert any(r[9] == "your upload" for r in table["data"])
 
 
 COW_PHOTO = os.path.join(ROOT, "..", "shared", "data", "msrc-fos", "photos", "1_18_s.jpg")
@@ -168,7 +173,7 @@ def test_cut_out_from_a_photo_then_rank_it(app_url, tmp_path):
     assert "typed" in msg2 and "added as" in msg2
     _, table, _, _, _ = c.predict({"image": handle_file(BG), "boxes": [BOX]}, "", "cow", 20, False, 3, False,
                                api_name="/search")
-    assert any(r[2] == "cut: 1_18_s (cow)" and r[7] == "your upload" for r in table["data"])
+    assert any(r[2] == "cut: 1_18_s (cow)" and r[9] == "your upload" for r in table["data"])
     with pytest.raises(Exception, match="inside the 320x213 image"):
         c.predict(handle_file(COW_PHOTO), "cow", "0,0,999,50", "grabcut", "", api_name="/cut_out")
     with pytest.raises(Exception, match="no photo"):

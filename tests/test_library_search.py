@@ -279,7 +279,8 @@ def test_search_photo_makes_each_composite_once_for_the_teacher_and_the_page(fos
         want = composite(res.background, eng.cutout(r), "fit", r.mask, eng.pcfg)
         assert np.array_equal(np.asarray(r.composite), np.asarray(want)) and r.composite.size == res.background.size
     top = res.results[:2]
-    again = eng.scoring.teacher_on(res.background, [r.composite for r in top], [eng._size(r) for r in top])
+    again = eng.scoring.teacher_on(res.background, [r.composite for r in top], [eng._size(r) for r in top],
+                                   [eng._colour(r, []) for r in top])
     assert np.allclose(again, [r.teacher_score for r in top], atol=1e-6)
     # the same scores as compositing afresh (the teacher's old path)
     fresh = eng.scoring.teacher(res.background, [eng.cutout(r) for r in top], rule="fit", masks=[r.mask for r in top])
@@ -345,9 +346,10 @@ def test_search_cli_json(fosd_lib, student_path, tmp_path, capsys):
                         "--k", "3", "--weights", student_path, "--json", str(j)]) == 0
     res = json.loads(j.read_text())["results"]
     assert len(res) == 3 and set(res[0]) == {"id", "category", "score", "path", "student_score", "teacher_score",
-                                             "appearance_logit", "geometry_logit"}
-    for r in res:  # score = sigmoid(appearance + geometry)
-        assert r["score"] == pytest.approx(1 / (1 + np.exp(-(r["appearance_logit"] + r["geometry_logit"]))), abs=1e-5)
+                                             "appearance_logit", "geometry_logit", "lighting_logit"}
+    for r in res:  # score = sigmoid(appearance + lighting + geometry)
+        total = r["appearance_logit"] + r["lighting_logit"] + r["geometry_logit"]
+        assert r["score"] == pytest.approx(1 / (1 + np.exp(-total)), abs=1e-5)
     assert res[0]["score"] >= res[1]["score"] >= res[2]["score"] and res[0]["category"] == "dog"
     with pytest.raises(SystemExit) as exit_:  # a usage error, before anything is loaded
         search_main(["--library", out, "--background", bg, "--box", "10,10", "--category", "dog",

@@ -227,6 +227,11 @@ def load_train(root: str, labels: str = "sfosd") -> list[TrainRecord]:
     return records
 
 
+def photo_of(name: str) -> str:
+    """The photo an instance comes from: ``1_8_s_2.jpg`` -> ``1_8_s`` (FOSD names are ``<photo>_<k>``)."""
+    return name.rsplit(".", 1)[0].rsplit("_", 1)[0]
+
+
 def load_train_roots(roots: list[str], labels: str = "sfosd") -> list[TrainRecord]:
     """:func:`load_train` of several dataset roots, concatenated; a name in two roots is an error (a
     record's similars and dissimilars are names of its own root)."""

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(leak-free; loose boxes, --box-jitter 0.5 unless given); harmony: the query's own cutout "
                         "under several photos' colour casts, the background moved to one of them (loose boxes)")
     p.add_argument("--casts", type=cli.positive_int, default=N_CASTS, help="harmony: candidates (colour casts) per query")
+    p.add_argument("--max-candidates", type=cli.nonneg_int, default=0,
+                   help="matched: at most N candidates per query, the closest in aspect (0 = all within --aspect-tol)")
     p.add_argument("--aspect-tol", type=float, default=MATCHED_TOL, help="matched: aspect-ratio factor of the candidates")
     p.add_argument("--box-jitter", type=cli.fraction, default=0.0,
                    help="loose-box protocol: enlarge boxes by up to this fraction")
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", help="comma-separated subset of categories")
     p.add_argument("--appearance-only", action="store_true",
                    help="ablation: switch the geometry (aspect and size) term of a trained model off")
+    p.add_argument("--rerank", type=cli.nonneg_int, default=0,
+                   help="--model student: the weights folder's teacher re-scores the student's top N (the search's cascade)")
     p.add_argument("--json", help="write the metrics here (atomically)")
     cli.add_threads(p)
     return p
@@ -50,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(a) -> int:
     ts = load_test(a.data, a.set)
-    scorer = make_scorer(a.model, a.weights, a.checkpoint, a.seed, a.backend, a.appearance_only, a.composite)
+    scorer = make_scorer(a.model, a.weights, a.checkpoint, a.seed, a.backend, a.appearance_only, a.composite, a.rerank)
     t0 = time.time()
     cats = a.categories.split(",") if a.categories else None
     seeds = a.seeds or [a.seed]
     if a.protocol == "matched":
         jitter = a.box_jitter if a.box_jitter > 0 else 0.5
-        runs = [evaluate_matched(ts, scorer, jitter, sd, a.aspect_tol, cats) for sd in seeds]
+        runs = [evaluate_matched(ts, scorer, jitter, sd, a.aspect_tol, cats, max_candidates=a.max_candidates) for sd in seeds]
     elif a.protocol == "harmony":
         jitter = a.box_jitter if a.box_jitter > 0 else 0.5
         runs = [evaluate_harmony(ts, scorer, jitter, sd, a.casts, cats) for sd in seeds]

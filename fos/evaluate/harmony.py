@@ -21,7 +21,7 @@ import random
 import numpy as np
 from tqdm import tqdm
 
-from fos.data import TestSet
+from fos.data import TestSet, photo_of
 from fos.evaluate.baselines import Candidates, Scorer
 from fos.evaluate.metrics import average_over_categories
 from fos.photometric import cast_distance, cast_gains, outside_box, photo_cast, relight
@@ -29,11 +29,6 @@ from fos.preprocess import InputError, foreground_mask, load_image, norm_to_pixe
 
 N_CASTS = 5
 MIN_CAST_DISTANCE = 0.08  # casts closer than this (max per-channel |log ratio|) count as the same
-
-
-def photo_of(name: str) -> str:
-    """The photo an instance comes from: ``1_8_s_2.jpg`` -> ``1_8_s`` (FOSD names are ``<photo>_<k>``)."""
-    return name.rsplit(".", 1)[0].rsplit("_", 1)[0]
 
 
 def pick_casts(own: np.ndarray, pool: list[tuple[str, np.ndarray]], photo: str, n: int, rng: random.Random,

@@ -70,14 +70,24 @@ class Teacher(nn.Module):
         self.dim = cfg.proj_dim or self.backbone.out_channels
         self.fc = nn.Linear(self.dim, 1)
         self.geom_fc = nn.Linear(cfg.geometry_dims, 1, bias=False) if cfg.geometry else None
+        self.photo = PhotometricTerm(cfg.photometric_hidden) if cfg.photometric else None
 
     def forward(self, x: torch.Tensor, geom: torch.Tensor | None = None):
-        feat = self.proj(self.backbone(x))  # (B, D, 7, 7)
+        return self.from_trunk(self.backbone(x), geom)
+
+    def from_trunk(self, trunk_map: torch.Tensor, geom: torch.Tensor | None = None):
+        """The teacher above its backbone: the backbone's map (B, C, 7, 7) -> (feature map, logit). What
+        :mod:`fos.train.cached` trains on cached maps of a frozen backbone."""
+        feat = self.proj(trunk_map)  # (B, D, 7, 7)
         logit = self.fc(feat.mean((2, 3))).flatten()
         if self.geom_fc is not None:
             if geom is None:
                 raise ValueError("this teacher uses geometry features: pass geom (B, 17), fos.preprocess.geometry_batch")
             logit = logit + geometry_term(self.geom_fc, geom)
+        if self.photo is not None:
+            if geom is None:
+                raise ValueError("this teacher has a photometric term: pass the pair vector, fos.preprocess.geometry_batch")
+            logit = logit + self.photo(geom)
         return feat, logit
 
     @torch.no_grad()
@@ -212,15 +222,23 @@ class Student(nn.Module):
         self.fg_embed = nn.Linear(self.dim, e) if e else nn.Identity()
 
     def encode_background(self, bg: torch.Tensor, crop_box: torch.Tensor):
-        fmap = self.bg_proj(self.bg_encoder(bg))  # (B, D, 7, 7)
-        idx = torch.arange(bg.shape[0], device=bg.device, dtype=torch.float32).view(-1, 1)
+        return self.background_from_trunk(self.bg_encoder(bg), crop_box)
+
+    def background_from_trunk(self, trunk_map: torch.Tensor, crop_box: torch.Tensor):
+        """:meth:`encode_background` above the backbone (its map (B, C, 7, 7)), for cached maps."""
+        fmap = self.bg_proj(trunk_map)  # (B, D, 7, 7)
+        idx = torch.arange(fmap.shape[0], device=fmap.device, dtype=torch.float32).view(-1, 1)
         rois = torch.cat([idx, crop_box.float()], dim=1)
         roi = roi_align(fmap, rois, self.cfg.align_size, 1.0 / STRIDE, self.cfg.sampling_ratio)
         emb = F.normalize(self.bg_embed(roi.mean((2, 3))), dim=-1)
         return roi, emb
 
     def encode_foreground(self, fg: torch.Tensor):
-        fmap = self.fg_proj(self.fg_encoder(fg))
+        return self.foreground_from_trunk(self.fg_encoder(fg))
+
+    def foreground_from_trunk(self, trunk_map: torch.Tensor):
+        """:meth:`encode_foreground` above the backbone (its map (N, C, 7, 7)), for cached maps."""
+        fmap = self.fg_proj(trunk_map)
         a = self.cfg.align_size
         if fmap.shape[-2:] != (a, a):
             fmap = F.interpolate(fmap, (a, a))

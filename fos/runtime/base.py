@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 
+import numpy as np
+
 from fos.errors import BackendError
 from fos.config import BACKENDS, PreprocessCfg  # noqa: F401  (BACKENDS: re-exported by fos.runtime)
 from fos.preprocess import GEOMETRY_DIM
@@ -54,6 +56,29 @@ class Backend:
 
     def teacher(self, composite, geom):
         raise NotImplementedError
+
+    def lighting(self, geom) -> np.ndarray:
+        """The student's photometric term alone (N,), from the pair vectors ``geom`` (N, 17): the lighting
+        share of a score that the app shows beside the geometry and appearance shares. The term is a small
+        MLP, run in torch from the student weights whatever the backend; zeros for a student without one."""
+        import torch
+
+        if not hasattr(self, "_photo"):
+            from fos.checkpoint import read_state_dict
+            from fos.models.discofos import PhotometricTerm
+
+            self._photo = None
+            sd = {k[len("head.photo."):]: v for k, v in read_state_dict(self.student_path).items()
+                  if k.startswith("head.photo.")} if self.student_path else {}
+            if sd:
+                term = PhotometricTerm(sd["mlp.0.weight"].shape[0])
+                term.load_state_dict(sd, strict=True)
+                self._photo = term.eval()
+        g = np.asarray(geom, np.float32)
+        if self._photo is None:
+            return np.zeros(len(g), np.float32)
+        with torch.no_grad():
+            return self._photo(torch.from_numpy(g)).numpy()
 
 
 # --------------------------------------------------------------------------- exported graphs

@@ -46,8 +46,16 @@ class Result:
     teacher_score: float | None = None
     image: object = None  # a user's cutout (PIL), when the item is not in the library
     mask: str | None = None  # the cutout's mask file, when it has one
-    appearance: float = 0.0  # the student's logit from pixels alone (geometry switched off)
-    geometry: float = 0.0  # the student's logit from box and cutout shape and size; sum = logit(student_score)
+    appearance: float = 0.0  # the student's logit from the pixels' content (geometry and lighting terms taken out)
+    geometry: float = 0.0  # the student's logit from box and cutout shape and size
+    lighting: float = 0.0  # the student's photometric term: the cutout's colours against the box's surround
+    # appearance + lighting + geometry = logit(student_score)
+
+    def shares(self) -> tuple[float, float, float]:
+        """Each term's share of the score, |term| / sum of |terms|: (geometry, lighting, appearance)."""
+        terms = np.abs([self.geometry, self.lighting, self.appearance])
+        total = float(terms.sum())
+        return tuple(float(v) / total for v in terms) if total > 0 else (0.0, 0.0, 0.0)
     composite: object = None  # the composite a person is shown (PIL, full size), when it was made
 
     @property
@@ -80,7 +88,7 @@ class SearchOutput:
     def to_json(self) -> dict:
         return {"results": [{"id": r.id, "category": r.category, "score": r.score, "path": r.path,
                              "student_score": r.student_score, "teacher_score": r.teacher_score,
-                             "appearance_logit": r.appearance, "geometry_logit": r.geometry}
+                             "appearance_logit": r.appearance, "geometry_logit": r.geometry, "lighting_logit": r.lighting}
                             for r in self.results]}
 
 
@@ -194,7 +202,8 @@ class SearchEngine:
         if nr:
             top = results[:nr]
             self._composites(q.bg, top)
-            ts = self.scoring.teacher_on(q, [r.composite for r in top], [self._size(r) for r in top])
+            ts = self.scoring.teacher_on(q, [r.composite for r in top], [self._size(r) for r in top],
+                                         [self._colour(r, extra or []) for r in top])
             for r, s in zip(top, ts):
                 r.teacher_score = r.score = float(s)
             results = sorted(top, key=lambda r: -r.score) + results[nr:]
@@ -231,6 +240,11 @@ class SearchEngine:
                 except InputError:
                     r.composite = bg.image
 
+    def _colour(self, r: Result, extra: list[ExtraItem]) -> np.ndarray:
+        if r.index >= 0:
+            return self.lib.colour[r.index]
+        return next(e.colour for e in extra if e.image is r.image)
+
     def _size(self, r: Result) -> tuple[int, int]:
         return tuple(self.lib.sizes[r.index].astype(int)) if r.index >= 0 else r.image.size
 
@@ -247,8 +261,10 @@ class SearchEngine:
         sizes = [self.lib.sizes[r.index] if r.index >= 0 else own[id(r.image)].size for r in results]
         colours = [self.lib.colour[r.index] if r.index >= 0 else own[id(r.image)].colour for r in results]
         app = logit(self.scoring.student(q, parts, sizes, colours, appearance_only=True))
-        for r, a in zip(results, app):
-            r.appearance, r.geometry = float(a), float(logit(np.array([r.student_score]))[0] - a)
+        light = self.scoring.lighting(q, sizes, colours)
+        for r, a, li in zip(results, app, light):
+            r.lighting, r.appearance = float(li), float(a - li)
+            r.geometry = float(logit(np.array([r.student_score]))[0] - a)
 
     def _result(self, i: int, score: float) -> Result:
         it = self.lib.items[i]

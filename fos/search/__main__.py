@@ -36,9 +36,9 @@ def run(a) -> int:
     cfg = EngineCfg(a.prefilter_k, a.index, a.store, a.milvus_uri, rerank=a.rerank)
     eng = load_engine(a.library, a.weights, a.backend, cfg, a.prefilter)
     out = eng.query(a.background, a.box, a.category, a.k)
-    print("rank  score   appearance  geometry  id   (logits: score = sigmoid(appearance + geometry))")
+    print("rank  score   appearance  lighting  geometry  id   (logits: score = sigmoid(appearance + lighting + geometry))")
     for rank, r in enumerate(out.results, 1):
-        print(f"{rank:4d}  {r.score:.4f}  {r.appearance:+10.3f}  {r.geometry:+8.3f}  {r.id}")
+        print(f"{rank:4d}  {r.score:.4f}  {r.appearance:+10.3f}  {r.lighting:+8.3f}  {r.geometry:+8.3f}  {r.id}")
     print(f"backend: {eng.backend.description}")
     print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out.timings_ms.items()))
     if a.json:
