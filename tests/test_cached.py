@@ -132,3 +132,23 @@ def test_lighting_term_and_shares(tmp_path):
     plain.student_path = str(tmp_path / "plain.safetensors")
     save_checkpoint(tiny, plain.student_path)
     assert np.array_equal(plain.lighting(g.numpy()), np.zeros(4, np.float32))
+
+
+def test_cache_cli_and_its_errors(data_root, tmp_path, capsys):
+    """`python -m fos.train.cache` and `python -m fos.train.cached` as the README runs them, and their
+    one-line errors before any slow work."""
+    from fos.train.cache import main as cache_main
+    from fos.train.cached import main as cached_main
+
+    d = str(tmp_path / "c")
+    assert cache_main(["--data", data_root, "--limit", "4", "--chunk", "2", "--cache", d, "--threads", "1"]) == 0
+    assert cached_main(["--cache", d, "--out", str(tmp_path / "w"), "--teacher-epochs", "1", "--student-epochs", "1",
+                        "--dev-share", "0", "--threads", "1"]) == 0
+    assert sorted(os.listdir(tmp_path / "w")) == ["student.json", "student.safetensors", "teacher.json",
+                                                  "teacher.safetensors"]
+    capsys.readouterr()
+    assert cache_main(["--data", data_root, "--cache", d, "--shard", "2/2"]) == 2
+    assert cache_main(["--data", data_root, "--cache", d, "--views", "1"]) == 2
+    assert cached_main(["--cache", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "K/N" in err[0] and "--views must be at least 2" in err[1] and "no feature cache" in err[2]

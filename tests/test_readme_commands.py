@@ -49,13 +49,16 @@ ELSEWHERE = {
     # a reproduction recipe (an hour of CPU on the shipped weights): every line it runs is one of the
     # commands of this table, which test_recipes_only_run_covered_commands checks
     "bash scripts/results.sh": "recipe",
+    "bash scripts/ship_eval.sh": "recipe",
+    "python -m fos.train.cache": "tests/test_cached.py::test_cache_cli_and_its_errors",
+    "python -m fos.train.cached": "tests/test_cached.py::test_cache_cli_and_its_errors",
     "bash scripts/variants.sh": "tests/test_readme_commands.py::test_variants_script",
     "python scripts/variants_table.py": "tests/test_readme_commands.py::test_variants_script",
 }
 # commands this file runs, on small inputs (the test below)
 RUN_HERE = ("python -m fos.bench retrieval", "python -m fos.bench latency", "python -m fos.bench inpaint",
             "python -m fos.cost", "python export/to_onnx.py", "python scripts/results_table.py",
-            "python scripts/geometry_mix.py")
+            "python scripts/geometry_mix.py", "python scripts/ship_table.py")
 
 
 def command_key(line: str) -> str | None:
@@ -110,7 +113,7 @@ def test_every_readme_command_is_run():
 
 
 def test_recipes_only_run_covered_commands():
-    for script in ("scripts/results.sh", "scripts/variants.sh"):
+    for script in ("scripts/results.sh", "scripts/variants.sh", "scripts/ship_eval.sh"):
         text = open(os.path.join(ROOT, script), encoding="utf-8").read()
         keys = {command_key(ln.strip()) for ln in text.splitlines() if ln.strip().startswith("python ")}
         keys.discard(None)
@@ -219,6 +222,36 @@ def test_bench_inpaint(tmp_path):
 def test_cost():
     r = run(["-m", "fos.cost"])
     assert "teacher_macs_per_pair" in r.stdout and "head_cached_over_teacher" in r.stdout
+
+
+def test_ship_table_pools_over_queries(tmp_path, data_root):
+    """`python scripts/ship_table.py DIR`: a category's Recall@1 weighted by its queries, over sources;
+    here on `geometry`'s JSON for every row (it ties on harmony, so every clause compares equal numbers)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import ship_table
+
+    a = {"per_category": {"x": {"recall@1": 1.0, "n_queries": 1}, "y": {"recall@1": 0.0, "n_queries": 3}}}
+    b = {"per_category": {"z": {"recall@1": 0.5, "n_queries": 4}}}
+    assert ship_table.pooled([a, b, None]) == (pytest.approx(3 / 8), 8)  # (1 + 0 + 2) / 8
+    from fos import evaluate as E
+    from fos.data import load_test
+    from fos.evaluate.harmony import evaluate_harmony
+
+    ts = load_test(data_root)
+    g = E.make_scorer("geometry")
+    runs = {"harmony": evaluate_harmony(ts, g, categories=["cow"], progress=False),
+            "matched": E.evaluate_matched(ts, g, categories=["cow"], progress=False, max_candidates=5),
+            "loose": E.evaluate(ts, g, box_jitter=0.5, categories=["cow"], progress=False)}
+    for proto, res in runs.items():
+        for tag, _ in ship_table.ROWS:
+            (tmp_path / f"msrc.{proto}.{tag}.json").write_text(json.dumps(res))
+    env = dict(os.environ, SOURCES=f"msrc={data_root}")
+    r = subprocess.run([sys.executable, "scripts/ship_table.py", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"| **new student** | {runs['harmony']['recall@1']:.3f}" in r.stdout
+    # equal numbers: every "beats the shipped one" clause fails, so nothing ships
+    assert "| student harmony > shipped | 0.200 | 0.200 | **no** |" in r.stdout and r.stdout.rstrip().endswith("ship: no")
 
 
 def test_results_table(tmp_path):

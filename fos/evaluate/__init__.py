@@ -97,8 +97,14 @@ def make_scorer(name: str, weights: str = "weights", checkpoint: str | None = No
     Trained models come from the weights folder ``weights`` through ``backend`` (the same default,
     ``auto``, as the search and the app), or from one ``checkpoint`` file (torch backend; an official
     DiscoFOS ``.pth`` for ``student_vgg19``). ``appearance_only`` switches a trained model's geometry
-    term off (an ablation); ``composite`` is the teacher's compositing rule.
+    term off (an ablation); ``composite`` is the teacher's compositing rule; ``rerank`` N > 0 (a student
+    from a weights folder) has the folder's teacher re-score the student's top N, as the search does.
     """
+    if rerank:
+        if name != "student" or checkpoint or appearance_only:
+            raise InputError("--rerank N takes --model student from a weights folder (its teacher re-scores the top N)")
+        b = get_backend(backend, weights)
+        return RerankScorer(StudentScorer(b), TeacherScorer(b, rule=composite), rerank)
     if name in BASELINES:
         if appearance_only:
             raise InputError(f"--appearance-only applies to trained models (teacher, student), not to the {name!r} baseline")
