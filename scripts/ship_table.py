@@ -69,7 +69,7 @@ def main(d="runs/ship") -> int:
         for t, label in ROWS:
             if any(R[(s, p, t)] for s in SOURCES):
                 print(f"| {label} | " + " | ".join(cell(R[(s, p, t)]) for s in SOURCES) + f" | **{P[(p, t)][0]:.3f}** |")
-        print(f"\nqueries: " + ", ".join(f"{s} {R[(s, p, 'new.student')]['n_queries'] if R[(s, p, 'new.student')] else 0}"
+        print("\nqueries: " + ", ".join(f"{s} {R[(s, p, 'new.student')]['n_queries'] if R[(s, p, 'new.student')] else 0}"
                                         for s in SOURCES) + f"; pooled {P[(p, 'new.student')][1]}")
     g = lambda p, t: P[(p, t)][0]  # noqa: E731
     rows = []

@@ -152,3 +152,31 @@ def test_cache_cli_and_its_errors(data_root, tmp_path, capsys):
     assert cached_main(["--cache", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "K/N" in err[0] and "--views must be at least 2" in err[1] and "no feature cache" in err[2]
+
+
+CANDIDATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "cached-candidate")
+
+
+@pytest.mark.skipif(not os.path.isdir(CANDIDATE), reason="weights/cached-candidate missing")
+def test_candidate_appearance_moves_with_the_cutout_and_the_photo(data_root):
+    """The README's claim on weights/cached-candidate: its appearance logit (geometry off) differs from
+    cutout to cutout, and not by the same offsets on every photo: the photo changes the ranking."""
+    from fos import evaluate as E
+    from fos.data import load_test
+    from fos.preprocess import load_image, norm_to_pixel_box, prepare_background
+    from fos.scoring import logit
+    from tests.test_evaluate import first_query
+
+    ts = load_test(data_root)
+    scorer = E.make_scorer("student", weights=CANDIDATE, backend="torch", appearance_only=True)
+    cands, _ = first_query(ts, "cow")
+    scorer.prepare(cands)
+    rows = []
+    for q in ts.categories["cow"].queries[:3]:
+        img = load_image(q.bg_path)
+        bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size), scorer.pcfg)
+        rows.append(logit(scorer.score(bg, cands)))
+    rows = np.array(rows)
+    assert np.ptp(rows, axis=1).min() > 0.05, rows
+    centred = rows - rows.mean(1, keepdims=True)
+    assert np.ptp(centred, axis=0).max() > 0.05, centred
