@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from fos.weights import SHIPPED
 from fos.bootstrap import prepare
 from fos.config import BACKENDS
 from fos.errors import USER_ERRORS, BackendError, InputError, LibraryError, WeightsError
@@ -29,7 +30,7 @@ from fos.search import EngineCfg, PhotoSearch, SearchEngine, weights_prefilter
 from fos.threads import default_threads, set_threads
 
 log = logging.getLogger("fos.app")
-WEIGHTS = os.environ.get("FOS_WEIGHTS", "weights")
+WEIGHTS = os.environ.get("FOS_WEIGHTS", SHIPPED)
 LIBRARY = os.environ.get("FOS_LIBRARY") or None  # None: the default library, built from assets/library
 BACKEND = os.environ.get("FOS_BACKEND", "auto")
 LOCALIZER = os.environ.get("FOS_LOCALIZER") or os.path.join(WEIGHTS, "localizer.safetensors")
@@ -65,6 +66,20 @@ def server_port() -> int:
     if not 1 <= port <= 65535:
         raise InputError(f"PORT must be between 1 and 65535, got {port}")
     return port
+
+
+def check_port_free(port: int, host: str | None = None) -> None:
+    """Fail in one line, before the models load, when something already listens on ``port``
+    (Gradio would otherwise end in a long traceback after the slow start-up)."""
+    import socket
+
+    host = host or os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InputError(f"port {port} on {host} is taken ({e.strerror or e}): stop what uses it or "
+                             f"start on another, e.g. PORT={port + 1 if port < 65535 else 7861} python app.py") from None
 
 
 def check_environment() -> int:
@@ -567,6 +582,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         port = check_environment()
+        check_port_free(port)
         engine = load_engine()
         step("loading the localizer, the inpainter and the referring segmenter")
         localizer, inpainter, referrer = load_localizer(), load_inpainter(), load_referrer()
@@ -576,8 +592,13 @@ def main() -> None:
         sys.exit(2)
     step(f"serving on port {port}")
     demo.queue(default_concurrency_limit=2, max_size=64)
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), server_port=port,
-                max_file_size="20mb", show_error=True)
+    try:
+        demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), server_port=port,
+                    max_file_size="20mb", show_error=True)
+    except OSError as e:  # the port was taken while the models loaded
+        print(f"error: could not serve on port {port} ({e}): start on another, e.g. PORT={port + 1} python app.py",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from fos.weights import SHIPPED
 from fos.preprocess import GEOMETRY_DIM
 
 
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fos.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["retrieval", "latency", "inpaint"])
-    p.add_argument("--weights", default="weights")
+    p.add_argument("--weights", default=SHIPPED)
     p.add_argument("--backend", default=None,
                    help="retrieval: one backend (default auto); latency: a comma list of runtimes from "
                         f"{', '.join(CPU_RUNTIMES + GPU_RUNTIMES)} (default the CPU ones; --gpu adds the GPU ones)")

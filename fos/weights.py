@@ -20,10 +20,14 @@ from functools import cached_property
 
 from fos.checkpoint import file_sha256
 
+#: the shipped weights folder, found from the package rather than the working folder, so that the
+#: CLIs and the app run from anywhere (``weights/`` beside ``fos/`` in a clone or a Space)
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
 
 @dataclass(frozen=True)
 class WeightsDir:
-    root: str = "weights"
+    root: str = SHIPPED
 
     @property
     def teacher(self) -> str:

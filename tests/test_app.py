@@ -417,3 +417,19 @@ def test_zoom_box_by_hand():
     small = prepare_background(Image.new("RGB", (400, 400)), (10, 10, 20, 20))
     assert zoom_box(small) == (0, 0, 63, 63)  # at least 96 px where the image allows: centre 15 +- 48
 
+
+
+def test_a_taken_port_is_one_line_before_the_models_load():
+    """Something already listens on PORT: one ``error:`` line naming the port and what to do, exit 2,
+    no traceback, and no model loaded first (nothing of the start-up's steps is logged)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False")
+        r = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(lines) == 1 and f"port {port} on 127.0.0.1 is taken" in lines[0] and "PORT=" in lines[0], lines
+    assert "loading" not in r.stderr, r.stderr[-2000:]

@@ -270,3 +270,15 @@ def test_scripts_run_without_path_tricks():
     assert r.returncode == 0 and "Export the teacher" in r.stdout
     for f in ("export/to_onnx.py", "export/to_trt.py", "scripts/geometry_mix.py"):
         assert "sys.path" not in open(os.path.join(ROOT, f)).read(), f
+
+
+def test_clis_find_the_shipped_weights_from_any_folder(tmp_path):
+    """The default weights are found from the package, not the working folder: ``fos.inpaint`` with
+    SPL (weights/inpaint.safetensors) runs from a folder that is not the repository."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, FOS_THREADS="1")
+    bg = os.path.join(root, "assets", "library", "couch", sorted(os.listdir(os.path.join(root, "assets", "library", "couch")))[0])
+    r = subprocess.run([sys.executable, "-m", "fos.inpaint", "--image", bg, "--box", "10,10,60,60", "--out", "erased.png"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "box erased with spl" in r.stdout, r.stderr[-2000:]
+    assert (tmp_path / "erased.png").stat().st_size > 0

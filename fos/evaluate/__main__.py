@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from fos.weights import SHIPPED
 from fos import cli
 from fos.data import load_test
 from fos.evaluate import (
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help=f"a trained model ({', '.join(TRAINED)}; student_vgg19 with --checkpoint) or a baseline: "
                         f"{', '.join(BASELINES)}")
-    p.add_argument("--weights", default="weights", help="weights folder (teacher.safetensors, student.safetensors)")
+    p.add_argument("--weights", default=SHIPPED, help="weights folder (teacher.safetensors, student.safetensors)")
     p.add_argument("--checkpoint", help="one checkpoint file instead of the weights folder (torch backend)")
     cli.add_backend(p, "run trained models through this backend (auto: as the search and the app)")
     p.add_argument("--composite", default="stretch", choices=COMPOSITES,

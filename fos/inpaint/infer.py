@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fos.weights import SHIPPED
 from fos.checkpoint import graph_problem, load_paired, save_paired
 from fos.config import to_dict
 from fos.inpaint.config import InpaintCfg
@@ -35,7 +36,7 @@ from fos.inpaint.model import SPLNet
 from fos.threads import have_onnxruntime, ort_session
 from fos.preprocess import RESAMPLE, InputError, load_image, validate_box
 
-DEFAULT_WEIGHTS = os.path.join("weights", "inpaint.safetensors")
+DEFAULT_WEIGHTS = os.path.join(SHIPPED, "inpaint.safetensors")
 CV2_METHODS = ("telea", "ns")  # cv2.inpaint
 XPHOTO_METHODS = {"shiftmap": "INPAINT_SHIFTMAP", "fsr-fast": "INPAINT_FSR_FAST", "fsr-best": "INPAINT_FSR_BEST"}
 METHODS = ("spl", *CV2_METHODS, *XPHOTO_METHODS)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fos.weights import SHIPPED
 from fos.checkpoint import load_paired, save_paired
 from fos.config import to_dict
 from fos.localize.config import WsolCfg
@@ -22,7 +23,7 @@ from fos.localize.metrics import cam_box
 from fos.localize.model import WsolNet, normalize_cams, upsample_cam
 from fos.preprocess import InputError, load_image, photo_input
 
-DEFAULT_WEIGHTS = os.path.join("weights", "localizer.safetensors")
+DEFAULT_WEIGHTS = os.path.join(SHIPPED, "localizer.safetensors")
 log = logging.getLogger("fos.localize")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fos.weights import SHIPPED
 from fos.checkpoint import graph_problem, load_paired, save_paired
 from fos.config import to_dict
 from fos.preprocess import InputError, load_image, photo_input
@@ -29,7 +30,7 @@ from fos.refer.model import ReferNet
 from fos.refer.phrases import parse, words
 from fos.threads import have_onnxruntime, ort_session
 
-DEFAULT_WEIGHTS = os.path.join("weights", "refer.safetensors")
+DEFAULT_WEIGHTS = os.path.join(SHIPPED, "refer.safetensors")
 BACKENDS = ("torch", "onnxruntime")
 log = logging.getLogger("fos.refer")
 

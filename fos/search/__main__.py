@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fos.weights import SHIPPED
 from fos import cli
 from fos.config import INDEXES, STORES, EngineCfg
 from fos.search import PREFILTERS, __doc__ as DOC, load_engine
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", required=True, type=cli.box, help="x1,y1,x2,y2 in pixels of the background (x2, y2 exclusive)")
     p.add_argument("--category", required=True)
     p.add_argument("--k", type=cli.positive_int, default=10, help="how many results")
-    p.add_argument("--weights", default="weights", help="folder with student.safetensors and teacher.safetensors")
+    p.add_argument("--weights", default=SHIPPED, help="folder with student.safetensors and teacher.safetensors")
     cli.add_backend(p)
     p.add_argument("--prefilter-k", type=cli.nonneg_int, default=EngineCfg.prefilter_k, help="0 scores every candidate")
     p.add_argument("--index", default=EngineCfg.index, choices=INDEXES, help="flat: exact; hnsw, ivf: approximate")
