@@ -100,7 +100,7 @@ def make_runtime(label: str, weights: str):
         return str(e)
 
 
-def bench_latency(runtimes: list[str], batches: list[int], weights: str = "weights", seconds: float = 1.0) -> list[dict]:
+def bench_latency(runtimes: list[str], batches: list[int], weights: str = SHIPPED, seconds: float = 1.0) -> list[dict]:
     """p50/p90 per graph, runtime and batch; a runtime that cannot run here gets one row saying why."""
     rows = []
     made = {}

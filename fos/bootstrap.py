@@ -22,7 +22,7 @@ from fos.examples import ASSETS
 from fos.library import Library, LibraryError
 from fos.library.build import write_library
 from fos.runtime import Backend, get_backend, have, onnx_problem
-from fos.weights import WeightsDir
+from fos.weights import SHIPPED, WeightsDir
 
 log = logging.getLogger("fos.bootstrap")
 
@@ -41,7 +41,7 @@ def ensure_graphs(w: WeightsDir) -> None:
     export_and_check(w, fp16=False)
 
 
-def prepare(weights: str = "weights", library: str | None = None, backend: str = "auto",
+def prepare(weights: str = SHIPPED, library: str | None = None, backend: str = "auto",
             src: str | None = None) -> tuple[Library, Backend]:
     """(library, backend) for the app: see the module doc for what is checked, built and refused."""
     w = WeightsDir(weights)
@@ -72,7 +72,7 @@ def prepare(weights: str = "weights", library: str | None = None, backend: str =
     return Library(lib_dir), b
 
 
-def prepare_inpainter(weights: str = "weights", method: str = "spl", backend: str = "auto"):
+def prepare_inpainter(weights: str = SHIPPED, method: str = "spl", backend: str = "auto"):
     """The inpainter for "erase what is in the box first": ``spl`` from ``<weights>/inpaint.safetensors``
     (its ONNX graph exported once into ``<weights>/onnx`` when the backend allows), or OpenCV's ``telea``
     / ``ns`` (or contrib's ``shiftmap``, ``fsr-fast``, ``fsr-best``). Falls back to

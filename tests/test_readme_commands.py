@@ -1,4 +1,4 @@
-"""Every command the README shows is run: here, on small inputs (tiny random weights, a few real
+"""Every command the README and the pages of ``docs/`` show is run: here, on small inputs (tiny random weights, a few real
 photos), or by the named test or CI step. A README command in neither list fails
 ``test_every_readme_command_is_run``, so a new or renamed command cannot go untested."""
 import json
@@ -10,11 +10,18 @@ import sys
 
 import pytest
 
-import numpy as np
 
 from tests.conftest import ROOT, SHIPPED, save_tiny
 
 README = os.path.join(ROOT, "README.md")
+
+
+def doc_pages() -> list[str]:
+    """The README and every page under docs/ (lab notes included)."""
+    out = [README]
+    for d, _, files in os.walk(os.path.join(ROOT, "docs")):
+        out += [os.path.join(d, f) for f in sorted(files) if f.endswith(".md")]
+    return out
 
 # commands run by another test (file::function, checked to exist) or by a CI step
 ELSEWHERE = {
@@ -83,7 +90,7 @@ def command_key(line: str) -> str | None:
 
 
 def readme_commands() -> set[str]:
-    text = open(README, encoding="utf-8").read()
+    text = "\n".join(open(p, encoding="utf-8").read() for p in doc_pages())
     lines = [ln[4:] for ln in text.splitlines() if ln.startswith("    ") and re.match(r"    (python|bash|torchrun|pip|\. )", ln)]
     lines += re.findall(r"`((?:python|bash|torchrun|pip) [^`]+)`", text)
     keys = {command_key(part) for ln in lines for part in ln.split("&&")}  # the set-up line chains several
@@ -359,27 +366,53 @@ def test_variants_script(data_root, tmp_path):
     assert r.stdout.splitlines()[-1].startswith("| tiny | ")
 
 
-# --------------------------------------------------------------------------- what the README says of the shipped weights
-@pytest.mark.skipif(not os.path.exists(SHIPPED), reason="shipped weights missing")
-@pytest.mark.shipped
-def test_readme_says_the_shipped_student_has_one_appearance_logit_per_photo(data_root):
-    """The README's account of the shipped student: its encoders collapsed (stage 18 died) and its ReLU
-    head is dead, so its appearance logit is the same for every cutout of every photo and its ranking is
-    the geometry term alone. A README check, not a quality test: a student that ships with a live
-    appearance term fails it until the README says what it learned."""
-    from fos import evaluate as E
-    from fos.data import load_test
-    from fos.preprocess import load_image, norm_to_pixel_box, prepare_background
-    from fos.scoring import logit
-    from tests.test_evaluate import first_query
+# --------------------------------------------------------------------------- the README and docs/ as a newcomer reads them
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    t = re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower())
+    return t.replace(" ", "-")
 
-    ts = load_test(data_root)
-    scorer = E.make_scorer("student", appearance_only=True)
-    cands, _ = first_query(ts, "cow")
-    scorer.prepare(cands)
-    rows = []
-    for q in ts.categories["cow"].queries[:3]:
-        img = load_image(q.bg_path)
-        bg = prepare_background(img, norm_to_pixel_box(q.bbox, *img.size), scorer.pcfg)
-        rows.append(logit(scorer.score(bg, cands)))
-    assert np.ptp(np.array(rows)) < 1e-4, np.ptp(np.array(rows))
+
+def test_the_readme_is_short_and_every_link_lands():
+    """The README stays under 250 lines, and every relative link of it and of docs/ names a file that
+    exists and, with an anchor, a heading of that file."""
+    assert len(open(README, encoding="utf-8").read().splitlines()) < 250
+    bad = []
+    for page in doc_pages():
+        text = open(page, encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(dest):
+                bad.append(f"{os.path.relpath(page, ROOT)}: {target} (no such file)")
+            elif anchor and dest.endswith(".md"):
+                heads = {slug(ln) for ln in open(dest, encoding="utf-8").read().splitlines() if ln.startswith("#")}
+                if anchor not in heads:
+                    bad.append(f"{os.path.relpath(page, ROOT)}: {target} (no such heading)")
+    assert not bad, bad
+
+
+def readme_python() -> str:
+    """The README's "Use from Python" snippet (its indented block)."""
+    text = open(README, encoding="utf-8").read()
+    block = text.split("## Use from Python", 1)[1].split("\n## ", 1)[0]
+    lines = [ln[4:] if ln.startswith("    ") else ln for ln in block.split("\n\n", 1)[1].split("\n\n`", 1)[0].splitlines()]
+    return "\n".join(lines).strip() + "\n"
+
+
+@pytest.mark.skipif(not os.path.exists(SHIPPED), reason="shipped weights missing")
+def test_the_readme_python_snippet_runs_from_another_folder(tmp_path, shipped_exported):
+    """The snippet as written, from a scratch folder, on a scratch copy of the shipped weights with their
+    graphs exported (``prepare()`` alone would write the default library into the repository's weights/)."""
+    code = readme_python()
+    assert code.startswith("from fos.bootstrap import prepare") and "library, backend = prepare()" in code
+    w = tmp_path / "weights"
+    shutil.copytree(shipped_exported[0], w)
+    code = code.replace("prepare()", f"prepare({str(w)!r})")
+    code = code.replace('"assets/', '"' + os.path.join(ROOT, "assets") + '/')  # the photo path is the repo's
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = r.stdout.strip().splitlines()
+    assert len(rows) == 3 and all(0.0 <= float(ln.split()[0]) <= 1.0 and "bird" in ln for ln in rows), rows

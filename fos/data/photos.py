@@ -5,7 +5,7 @@ A FOSD-layout root with a ``photos/`` folder (msrc-fos; the output of ``python -
 gives, per split, the photos that hold that split's instances. A photo's image-level labels are the
 classes of its instances; its boxes and masks (per class) are read only for choosing thresholds on
 the train split and for evaluation, never for training. Instance names are ``<photo stem>_<k>.jpg``.
-Class names of COCO that MSRC spells differently are mapped (``SYNONYMS``) so the roots share a vocabulary.
+Class names of COCO that MSRC spells differently are mapped (:func:`fos.vocab.photo_class`) so the roots share a vocabulary.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from PIL import Image
 
 from fos.data import DatasetError, mask_path, query_instances, train_instances
 from fos.preprocess import norm_to_pixel_box
+from fos.vocab import photo_class
 
-SYNONYMS = {"airplane": "aeroplane", "person": "body"}  # COCO name -> MSRC name
 
 
 @dataclass
@@ -67,7 +67,7 @@ def load_photos(root: str, split: str) -> list[Photo]:
                            "them; `python -m fos.data from-coco` writes them)")
     photos: dict[str, Photo] = {}
     for name, cls, nbox in _instances(root, split):
-        cls = SYNONYMS.get(cls, cls)
+        cls = photo_class(cls)
         stem = os.path.splitext(name)[0].rsplit("_", 1)[0]
         path = os.path.join(pdir, stem + ".jpg")
         ph = photos.get(path)

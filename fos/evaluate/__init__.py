@@ -28,6 +28,7 @@ from fos.preprocess import (
 from fos.registry import check_name, load_checkpoint, load_official_student
 from fos.runtime import Backend, TorchBackend, get_backend
 from fos.scoring import Scoring
+from fos.weights import SHIPPED
 
 log = logging.getLogger("fos.evaluate")
 
@@ -89,7 +90,7 @@ class RerankScorer(Scorer):
 TRAINED = ("teacher", "student")  # the model names a weights folder holds
 
 
-def make_scorer(name: str, weights: str = "weights", checkpoint: str | None = None, seed: int = 0,
+def make_scorer(name: str, weights: str = SHIPPED, checkpoint: str | None = None, seed: int = 0,
                 backend: str = "auto", appearance_only: bool = False, composite: str = "stretch",
                 rerank: int = 0) -> Scorer:
     """A baseline by name, or a trained model.

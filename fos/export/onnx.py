@@ -22,7 +22,7 @@ from fos.config import PreprocessCfg
 from fos.preprocess import GEOMETRY_DIM
 from fos.runtime import GRAPHS, OrtBackend, TorchBackend
 from fos.runtime.base import GRAPH_VERSION
-from fos.weights import WeightsDir
+from fos.weights import SHIPPED, WeightsDir
 
 log = logging.getLogger("fos.export")
 OPSET = 18
@@ -129,7 +129,7 @@ def _export_one(wrapper: nn.Module, inputs: dict, outputs: list[str], path: str,
             os.unlink(tmp)
 
 
-def export_onnx(weights: str | WeightsDir = "weights", out: str | None = None, fp16_too: bool = True,
+def export_onnx(weights: str | WeightsDir = SHIPPED, out: str | None = None, fp16_too: bool = True,
                 progress: bool = True) -> dict:
     """Export the student graphs and, when ``<weights>/teacher.safetensors`` exists, the teacher's
     (float32, and float16 when ``fp16_too``) into ``out`` (default ``<weights>/onnx``); write ``manifest.json``."""
@@ -239,7 +239,7 @@ def parity(weights: str | WeightsDir, onnx_dir: str, precision: str, inputs: dic
     return out
 
 
-def export_and_check(weights: str | WeightsDir = "weights", out: str | None = None, fp16: bool = False,
+def export_and_check(weights: str | WeightsDir = SHIPPED, out: str | None = None, fp16: bool = False,
                      data: str | None = None, check: bool = True, progress: bool = True) -> dict:
     """Export, then check parity on real images (msrc-fos test when ``data`` is given, else the app's
     examples); parity goes into the manifest. Raises RuntimeError past :data:`TOLERANCE`."""

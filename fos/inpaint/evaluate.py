@@ -43,6 +43,7 @@ from fos.inpaint.metrics import l1_in_hole, psnr_in_hole, ssim_in_hole, visible_
 CLASSICAL = (*CV2_METHODS, *XPHOTO_METHODS)
 from fos.data.photos import load_photos
 from fos.preprocess import load_image
+from fos.weights import SHIPPED
 
 log = logging.getLogger("fos.inpaint.evaluate")
 # box, object: random holes (known truth everywhere); object-box: an instance's own box, as the app's
@@ -111,7 +112,7 @@ class TopCutout:
     default library) for the category, leaving out cutouts of the photo itself; None for a category the
     library lacks. The ranking does not depend on what is in the box (the student sees it gray)."""
 
-    def __init__(self, weights: str = "weights", library: str | None = None, backend: str = "auto"):
+    def __init__(self, weights: str = SHIPPED, library: str | None = None, backend: str = "auto"):
         from fos.bootstrap import prepare
         from fos.search import EngineCfg, SearchEngine, weights_prefilter
 
@@ -120,10 +121,10 @@ class TopCutout:
         self.categories = set(lib.categories)
 
     def __call__(self, photo: str, box, category: str):
-        from fos.data.photos import SYNONYMS
+        from fos.vocab import spellings
 
-        cat = category if category in self.categories else {v: k for k, v in SYNONYMS.items()}.get(category)
-        if cat not in self.categories:
+        cat = next((c for c in spellings(category) if c in self.categories), None)
+        if cat is None:
             return None
         stem = os.path.splitext(os.path.basename(photo))[0]
         self.engine.set_background(load_image(photo, "RGB", what="photo"), box)

@@ -24,7 +24,7 @@ or a FOSD-format dataset root (``train/fg`` and/or ``test/fg``; items keep their
 The package has three parts that point one way: :mod:`fos.library.format` (the files and their
 reader), :mod:`fos.library.sources` (where cutouts come from) and :mod:`fos.library.build` (the
 builder, the only part that runs a network). Importing ``fos.library`` loads the reader alone.
-``grow`` (cutouts from labelled photos) is :mod:`fos.localize.grow`, built on the localizer.
+``grow`` (cutouts from labelled photos) is :mod:`fos.library.grow`, built on the localizer.
 """
 from __future__ import annotations
 

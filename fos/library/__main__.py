@@ -11,6 +11,7 @@ from fos import cli
 from fos.library import Library, LibraryError, __doc__ as DOC
 from fos.library.build import BATCH, write_library
 from fos.runtime import get_backend
+from fos.weights import SHIPPED
 
 log = logging.getLogger("fos.library")
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=None,
                    help="grow: skip photos whose score is under this (default: the localizer's)")
     p.add_argument("--out", "--library", dest="out", required=True, help="library folder")
-    p.add_argument("--weights", default="weights", help="folder with student.safetensors")
+    p.add_argument("--weights", default=SHIPPED, help=f"folder with student.safetensors (default {SHIPPED})")
     cli.add_backend(p)
     p.add_argument("--batch-size", type=cli.positive_int, default=BATCH, help="items encoded and staged at a time")
     cli.add_threads(p)
@@ -60,10 +61,10 @@ def run(a) -> int:
 
 
 def run_grow(a) -> int:
-    from fos.localize.grow import grow
+    from fos.library.grow import grow
     from fos.localize.infer import Localizer
 
-    from fos.localize.grow import read_photos
+    from fos.library.grow import read_photos
 
     if not a.photos:
         raise LibraryError("--photos is required for grow (a folder with --category or --phrase, or a CSV "

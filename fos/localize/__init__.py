@@ -7,6 +7,6 @@ category into boxes and cutouts, so that the foreground library grows without ha
 * :mod:`fos.localize.metrics`: MaxBoxAccV2, PxAP, top-1 localization, mask IoU (pure functions);
 * :mod:`fos.localize.masks`: box -> mask (thresholded CAM, GrabCut, u2netp salient object);
 * :mod:`fos.localize.infer`: :class:`~fos.localize.infer.Localizer`, photo -> box, score, mask, cutout;
-* :mod:`fos.localize.grow`: labelled photos -> library cutouts (``python -m fos.library grow``);
+* :mod:`fos.library.grow`: labelled photos -> library cutouts (``python -m fos.library grow``);
 * ``python -m fos.localize.train``, ``python -m fos.localize.evaluate``, ``python -m fos.localize``.
 """

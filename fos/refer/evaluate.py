@@ -37,8 +37,11 @@ from tqdm import tqdm
 
 from fos import cli
 from fos.preprocess import InputError, load_image
+from fos.refer.config import MASK_FROM, PROMPT_METHODS
+from fos.refer.masks import named_region
+from fos.vocab import class_of_word
 from fos.refer.metrics import Record, instance_hit, intersection_union, record, summarize
-from fos.refer.phrases import PHRASE_NAMES, Phrase, PhotoPhrases, is_dev, referents
+from fos.refer.phrases import Phrase, PhotoPhrases, is_dev, referents
 
 SUBSETS = ("all", "multi-instance", "multi-instance, left/right")
 LR = ("on the left", "on the right")
@@ -85,19 +88,10 @@ def random_record(masks: list[np.ndarray], referred: int, same: list[int], lr: b
 def location_record(phrase: Phrase, masks: list[np.ndarray], referred: int, same: list[int], lr: bool) -> Record:
     """The no-pixel baseline: the region the phrase's location words name, and its centre as the point."""
     h, w = masks[referred].shape
-    a = dict(phrase.attrs)
-
-    third = {"on the left": 0, "in the middle": 1, "on the right": 2, "at the top": 0, "at the bottom": 2}
-
-    def span(n: int, word: str | None) -> tuple[int, int]:
-        return (0, n) if word is None else (round(third[word] * n / 3), round((third[word] + 1) * n / 3))
-
-    x1, x2 = span(w, a.get("h"))
-    y1, y2 = span(h, a.get("v"))
-    region = np.zeros((h, w), bool)
-    region[y1:y2, x1:x2] = True
+    region = named_region(dict(phrase.attrs), w, h)
+    ys, xs = np.nonzero(region)
     point = np.zeros((h, w), np.float32)
-    point[(y1 + y2 - 1) // 2, (x1 + x2 - 1) // 2] = 1.0
+    point[(int(ys.min()) + int(ys.max())) // 2, (int(xs.min()) + int(xs.max())) // 2] = 1.0
     return record(region, point, masks, referred, same, lr)
 
 
@@ -108,8 +102,7 @@ def dev_share(referrer) -> float:
 
 
 def localizer_class(category: str, classes: list[str]) -> str | None:
-    back = {v: k for k, v in PHRASE_NAMES.items()}
-    c = back.get(category, category)
+    c = class_of_word(category)
     return c if c in classes else None
 
 
@@ -119,7 +112,7 @@ def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progre
     "DA-WSOL" (when ``localizer``), "random instance" and "location words only"; plus the count of ambiguous phrases."""
     first = next(iter(referrers.values()))
     cats = first.categories
-    alt = "response" if first.cfg.mask_from == "segmenter" else "segmenter"
+    alt = "segmenter" if first.cfg.mask_from == "response" else "response"
     alt_name = f"{next(iter(referrers))} ({alt} masks)"
     recs: dict[str, list[tuple[Record, bool]]] = {n: [] for n in [*referrers, alt_name, "category only",
                                                                   "random instance", "location words only"]}
@@ -132,6 +125,7 @@ def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progre
         if not items:
             continue
         img = load_image(pp.path, "RGB", what="photo")
+        arr = np.asarray(img)
         masks = read_masks(pp)
         feats = {n: r.features(img) for n, r in referrers.items()}
         cat_cache: dict[str, tuple] = {}
@@ -141,12 +135,14 @@ def evaluate(referrers: dict, photos: list[PhotoPhrases], localizer=None, progre
             known = localizer is not None and localizer_class(p.category, localizer.classes) is not None
             for j, (n, r) in enumerate(referrers.items()):
                 full, prob, _, _ = r.predict(img, p.text, feats[n])
-                recs[n].append((record(r.mask_of(prob, full), full, masks, k, same, lr), known))
+                attrs = dict(p.attrs)
+                recs[n].append((record(r.mask_of(prob, full, photo=arr, attrs=attrs), full, masks, k, same, lr), known))
                 if j == 0:
-                    recs[alt_name].append((record(r.mask_of(prob, full, alt), full, masks, k, same, lr), known))
+                    m = r.mask_of(prob, full, alt, photo=arr, attrs=attrs)
+                    recs[alt_name].append((record(m, full, masks, k, same, lr), known))
             if p.category not in cat_cache:
                 full, prob, _, _ = first.predict(img, p.category, feats[next(iter(referrers))])
-                cat_cache[p.category] = (first.mask_of(prob, full), full)
+                cat_cache[p.category] = (first.mask_of(prob, full, photo=arr, attrs={}), full)
             m, full = cat_cache[p.category]
             recs["category only"].append((record(m, full, masks, k, same, lr), known))
             recs["random instance"].append((random_record(masks, k, same, lr), known))
@@ -179,7 +175,8 @@ def run(a) -> int:
     for w in a.weights:
         name = os.path.splitext(os.path.basename(w))[0]
         r = Referrer(w, backend="torch")
-        given = {"mask_from": a.mask_from, "peak_fraction": a.peak_fraction}
+        given = {"mask_from": a.mask_from, "peak_fraction": a.peak_fraction, "prompt_method": a.prompt_method,
+                 "region_margin": a.region_margin, "box_pad": a.box_pad}
         r.cfg = replace(r.cfg, **{k: v for k, v in given.items() if v is not None})
         refs[name if name not in refs else w] = r
     photos = load_phrases(a.data, "train" if a.split == "dev" else a.split, a.limit)
@@ -215,7 +212,8 @@ def run(a) -> int:
         print()
     out = {"data": a.data, "split": a.split, "photos": len(photos), "ambiguous": res["ambiguous"], "rows": rows,
            "weights": a.weights, "mask_from": {n: r.cfg.mask_from for n, r in refs.items()},
-           "peak_fraction": {n: r.cfg.peak_fraction for n, r in refs.items()}, "localizer": a.localizer,
+           "peak_fraction": {n: r.cfg.peak_fraction for n, r in refs.items()},
+           "prompt": {n: [r.cfg.prompt_method, r.cfg.region_margin, r.cfg.box_pad] for n, r in refs.items()}, "localizer": a.localizer,
            "seconds": round(time.time() - t0, 1),
            "command": "python -m fos.refer evaluate " + " ".join(a.argv)}
     if a.json:
@@ -235,11 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "train: the ones they were")
     p.add_argument("--localizer", default=LOCALIZER, help=f"DA-WSOL weights for its baseline (default {LOCALIZER}; "
                    "empty to skip)")
-    p.add_argument("--mask-from", choices=["segmenter", "response"], default=None,
+    p.add_argument("--mask-from", choices=list(MASK_FROM), default=None,
                    help="score every --weights with this mask source (default: the one each was saved with)")
     p.add_argument("--peak-fraction", type=float, default=None,
                    help="with response masks: the share of the response's peak kept, for every --weights "
                    "(default: each one's own)")
+    p.add_argument("--prompt-method", choices=list(PROMPT_METHODS), default=None,
+                   help="with prompted masks: u2netp or grabcut inside the response's box (default: each one's own)")
+    p.add_argument("--region-margin", type=float, default=None,
+                   help="with prompted masks: the named third widened by this share of the side (default: each one's own)")
+    p.add_argument("--box-pad", type=float, default=None,
+                   help="with prompted masks: the response box grown by this share (default: each one's own)")
     p.add_argument("--limit", type=cli.nonneg_int, default=0, help="only the first N photos of each root (0: all)")
     p.add_argument("--json", default=None, help="write every number here")
     cli.add_threads(p)

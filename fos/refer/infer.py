@@ -9,7 +9,9 @@ A query is the phrase, then the category bank (one phrase per known category, th
 out): the calibration weighs the query's response against theirs. The mask (``mask_from``) is the
 segmenter's probability at ``mask_threshold`` or more, upsampled to the photo, keeping its connected
 component with the most probability mass; or the response at ``peak_fraction`` of its peak or more,
-keeping the connected component that holds the peak.
+keeping the connected component that holds the peak; or (``prompted``) that component, its peak taken
+inside the region the phrase's location words name, as the box of a u2netp / GrabCut mask
+(:mod:`fos.refer.masks`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from fos.checkpoint import graph_problem, load_paired, save_paired
 from fos.config import to_dict
 from fos.preprocess import InputError, load_image, photo_input
 from fos.refer.config import ReferCfg
+from fos.refer.masks import keep_heaviest, keep_peak, prompted_mask  # noqa: F401 (keep_*: part of this API)
 from fos.refer.model import ReferNet
 from fos.refer.phrases import parse, words
 from fos.threads import have_onnxruntime, ort_session
@@ -62,29 +65,6 @@ def upsample(m: np.ndarray, width: int, height: int) -> np.ndarray:
     """A map (h, w) -> (height, width) float32, bilinear."""
     t = torch.from_numpy(np.ascontiguousarray(m, np.float32))[None, None]
     return torch.nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def keep_heaviest(mask: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """The 8-connected component of ``mask`` with the most ``prob`` mass."""
-    import cv2
-
-    n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return mask
-    mass = np.bincount(lab.ravel(), weights=prob.ravel(), minlength=n)[1:]
-    return lab == 1 + int(np.argmax(mass))
-
-
-def keep_peak(mask: np.ndarray, response: np.ndarray) -> np.ndarray:
-    """The 8-connected component of ``mask`` that holds the maximum of ``response`` (the first in
-    row-major order; the heaviest component when the peak lies outside ``mask``)."""
-    import cv2
-
-    y, x = np.unravel_index(int(np.argmax(response)), response.shape)
-    if not mask[y, x]:
-        return keep_heaviest(mask, response) if mask.any() else mask
-    _, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return lab == lab[y, x]
 
 
 @dataclass
@@ -131,6 +111,14 @@ class Referrer:
                 raise InputError(f"the onnxruntime backend needs an exported graph ({why}); run "
                                  "`python export/to_onnx.py` or use --backend torch")
         self.bank = bank_phrases(self.cfg)
+        if self.cfg.mask_from == "prompted" and self.cfg.prompt_method == "u2netp":
+            from fos.localize.masks import u2netp_path
+
+            try:
+                u2netp_path()
+            except InputError as e:  # e.g. a Space that installs requirements.txt only
+                log.warning("%s; prompted masks fall back to grabcut", e)
+                self.cfg = replace(self.cfg, prompt_method="grabcut")
 
     def knows(self) -> str:
         return (f"it knows the categories {', '.join(self.categories)}; with location (on the left, in the middle, "
@@ -180,10 +168,18 @@ class Referrer:
         full = np.clip(full / max(float(full.max()), 1e-6), 0, 1).astype(np.float32)
         return full, prob, float(1 / (1 + np.exp(-cls[0, 0]))), float(resp.max())
 
-    def mask_of(self, prob: np.ndarray, response: np.ndarray, mask_from: str | None = None) -> np.ndarray:
+    def mask_of(self, prob: np.ndarray, response: np.ndarray, mask_from: str | None = None,
+                photo: np.ndarray | None = None, attrs: dict | None = None) -> np.ndarray:
         """The final mask (by ``mask_from``, default the config's) from the segmenter's probability and the
-        response over its peak."""
-        if (mask_from or self.cfg.mask_from) == "response":
+        response over its peak; ``prompted`` also needs the RGB uint8 ``photo`` and the phrase's ``attrs``."""
+        how = mask_from or self.cfg.mask_from
+        if how == "prompted":
+            if photo is None:
+                raise ValueError("prompted masks need the photo")
+            c = self.cfg
+            return prompted_mask(photo, response, attrs or {}, c.prompt_method, c.peak_fraction, c.region_margin,
+                                 c.box_pad)
+        if how == "response":
             return keep_peak(response >= self.cfg.peak_fraction, response)
         mask = prob >= self.cfg.mask_threshold
         return keep_heaviest(mask, prob) if mask.any() else mask
@@ -195,7 +191,7 @@ class Referrer:
         if peak < self.cfg.respond_threshold:
             raise InputError(f"nothing in this photo responds to {text!r} (peak response {peak:.3f}, "
                              f"under {self.cfg.respond_threshold}); try another phrase or photo")
-        mask = self.mask_of(prob, full)
+        mask = self.mask_of(prob, full, photo=np.asarray(img), attrs=dict(p.attrs))
         if not mask.any():
             raise InputError(f"the segmenter found no pixel of {text!r} in this photo (highest probability "
                              f"{float(prob.max()):.3f}); try another phrase or photo")

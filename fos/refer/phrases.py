@@ -21,7 +21,7 @@ attributes; only unique phrases are scored by :mod:`fos.refer.evaluate` (an ambi
 several right answers).
 
 Category words are the dataset's names, with ``person`` for MSRC's ``body`` and COCO's ``person``
-(:data:`PHRASE_NAMES`); :func:`parse` maps a typed phrase back to its category and attributes.
+(:func:`fos.vocab.phrase_word`); :func:`parse` maps a typed phrase back to its category and attributes.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from fos.vocab import phrase_word, typed_word
 
 MIN_AREA = 0.02  # instances smaller than this share of the photo get no phrase
 BIG, SMALL = 0.15, 0.03
@@ -53,9 +55,6 @@ COLOURS: dict[str, list[tuple[int, int, int]]] = {
     "brown": [(120, 70, 30), (160, 110, 70), (80, 50, 30)],
 }
 COLOUR_NAMES = tuple(COLOURS)
-PHRASE_NAMES = {"body": "person"}  # photo class -> the word phrases use
-ALIASES = {"airplane": "aeroplane", "people": "person", "man": "person", "woman": "person", "grey": "gray",
-           "center": "middle", "centre": "middle", "large": "big", "little": "small"}
 FLIP = {"on the left": "on the right", "on the right": "on the left"}
 ATTRS = ("h", "v", "size", "colour")
 
@@ -84,7 +83,7 @@ def colour_name(pixels: np.ndarray) -> str:
 class Instance:
     """One object of a photo, as phrases see it."""
 
-    category: str  # the phrase word (PHRASE_NAMES applied)
+    category: str  # the phrase word (fos.vocab.phrase_word of the class)
     h: str
     v: str | None
     size: str | None
@@ -110,7 +109,7 @@ def describe(mask: np.ndarray, photo: np.ndarray, category: str, index: int = 0)
     hw = "on the left" if cx < 1 / 3 else "on the right" if cx > 2 / 3 else "in the middle"
     vw = "at the top" if cy < 1 / 3 else "at the bottom" if cy > 2 / 3 else None
     size = "big" if area >= BIG else "small" if area <= SMALL else None
-    return Instance(PHRASE_NAMES.get(category, category), hw, vw, size, colour_name(photo[mask]), area, index)
+    return Instance(phrase_word(category), hw, vw, size, colour_name(photo[mask]), area, index)
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,7 @@ def photo_phrases(ph) -> PhotoPhrases:
 
 # --------------------------------------------------------------------------- typed phrases
 def words(text: str) -> list[str]:
-    return [ALIASES.get(w, w) for w in "".join(ch if ch.isalnum() or ch == " " else " " for ch in
+    return [typed_word(w) for w in "".join(ch if ch.isalnum() or ch == " " else " " for ch in
                                                 text.lower()).split()]
 
 

@@ -38,7 +38,7 @@ from fos.runtime.base import (
     read_manifest,
 )
 from fos.threads import ort_session
-from fos.weights import WeightsDir
+from fos.weights import SHIPPED, WeightsDir
 
 log = logging.getLogger("fos.runtime")
 PRECISIONS = ("float32", "float16", "int8")
@@ -50,7 +50,7 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, weights: str | WeightsDir = "weights", device: str = "cpu", half: bool = False,
+    def __init__(self, weights: str | WeightsDir = SHIPPED, device: str = "cpu", half: bool = False,
                  student=None, teacher=None):
         self.wdir = as_weights(weights)
         self._s, self._t = student, teacher
@@ -147,7 +147,7 @@ def onnx_is_current(weights: str | WeightsDir, onnx_dir: str | None = None, prec
 class OrtBackend(GraphBackend):
     name = "onnxruntime"
 
-    def __init__(self, weights: str | WeightsDir = "weights", onnx_dir: str | None = None, precision: str = "float32",
+    def __init__(self, weights: str | WeightsDir = SHIPPED, onnx_dir: str | None = None, precision: str = "float32",
                  providers: list[str] | None = None, threads: int = 0, int8_graphs: set[str] | None = None):
         """``precision``: float32, float16 or int8. With int8, the int8 graphs that passed the export's
         ranking check run (``int8_graphs`` names others, for that check) and float32 the rest."""
@@ -202,7 +202,7 @@ class OrtBackend(GraphBackend):
         return outs if len(outs) > 1 else outs[0]
 
 
-def get_backend(name: str = "auto", weights: str | WeightsDir = "weights", **kw) -> Backend:
+def get_backend(name: str = "auto", weights: str | WeightsDir = SHIPPED, **kw) -> Backend:
     """``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` over the weights folder ``weights``.
 
     ``auto``: with a GPU, TensorRT, then ONNX Runtime with its CUDA provider, then torch on CUDA

@@ -14,6 +14,7 @@ from fos.config import PreprocessCfg
 from fos.preprocess import GEOMETRY_DIM
 from fos.checkpoint import stale_source
 from fos.runtime.base import GRAPHS, BackendError, GraphBackend, as_weights, manifest_problem, read_manifest
+from fos.weights import SHIPPED
 
 INSTALL = "TensorRT is not installed: on a GPU host run `pip install -r requirements-gpu.txt` (NVIDIA's index)"
 
@@ -44,7 +45,7 @@ class TrtBackend(GraphBackend):
 
     name = "tensorrt"
 
-    def __init__(self, weights="weights", engine_dir: str | None = None, onnx_dir: str | None = None):
+    def __init__(self, weights=SHIPPED, engine_dir: str | None = None, onnx_dir: str | None = None):
         trt = require_trt()
         import torch
 

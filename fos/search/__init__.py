@@ -28,6 +28,7 @@ from fos.prefilter import Prefilter
 from fos.preprocess import InputError, PreparedBackground, foreground_colour, foreground_mask, load_image
 from fos.runtime import Backend, get_backend
 from fos.scoring import EncodedQuery, Scoring, logit
+from fos.weights import SHIPPED
 
 log = logging.getLogger("fos.search")
 PREFILTERS = ("auto", "embedding")  # the distilled prefilter when the weights folder has one; the embedding cosine
@@ -308,7 +309,7 @@ def weights_prefilter(weights, student_sha256: str) -> Prefilter | None:
     return pf
 
 
-def load_engine(library: str, weights: str = "weights", backend: str = "auto",
+def load_engine(library: str, weights: str = SHIPPED, backend: str = "auto",
                 cfg: EngineCfg | None = None, prefilter: str = "auto") -> SearchEngine:
     """Library + the best (or the named) backend for the weights folder ``weights``. The library is
     checked against the weights before any backend is made. ``prefilter``: ``auto`` (the folder's

@@ -33,6 +33,7 @@ from fos.library.format import LibraryError
 from fos.library.sources import IMAGE_EXT
 from fos.localize.infer import Localizer
 from fos.preprocess import InputError
+from fos.vocab import class_of_word
 
 log = logging.getLogger("fos.library")
 STAGE = ".pending-grow"
@@ -60,10 +61,8 @@ def read_photos(photos: str, category: str | None, phrase: str | None = None) ->
 
 def phrase_category(referrer, phrase: str, category: str | None) -> str:
     """The library category of a phrase's cutout: the given one, else the phrase's (as photos name it)."""
-    from fos.refer.phrases import PHRASE_NAMES
-
     p, _ = referrer.check_phrase(phrase)
-    return category or {v: k for k, v in PHRASE_NAMES.items()}.get(p.category, p.category)
+    return category or class_of_word(p.category)
 
 
 def refer_cut(referrer, path: str, text: str):
