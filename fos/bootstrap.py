@@ -72,24 +72,41 @@ def prepare(weights: str = SHIPPED, library: str | None = None, backend: str = "
     return Library(lib_dir), b
 
 
+def export_if_stale(path: str, name: str, backend: str) -> None:
+    """Export the side graph ``name`` of the model file ``path`` (the inpainter's, the referrer's) into
+    ``<its folder>/onnx`` when the backend would serve it and it is missing or stale; once per weights."""
+    from fos.checkpoint import graph_problem, side_graph
+
+    if backend not in ("auto", "onnxruntime") or not (have("onnx") and have("onnxruntime")):
+        return
+    problem = graph_problem(side_graph(path, name), path)
+    if not problem:
+        return
+    log.info("exporting the %s graph (%s); once per set of weights", name, problem)
+    if name == "inpaint":
+        from fos.export.inpaint import export_inpainter
+
+        export_inpainter(path)
+    else:
+        from fos.export.refer import export_referrer
+
+        export_referrer(path)
+
+
 def prepare_inpainter(weights: str = SHIPPED, method: str = "spl", backend: str = "auto"):
     """The inpainter for "erase what is in the box first": ``spl`` from ``<weights>/inpaint.safetensors``
     (its ONNX graph exported once into ``<weights>/onnx`` when the backend allows), or OpenCV's ``telea``
     / ``ns`` (or contrib's ``shiftmap``, ``fsr-fast``, ``fsr-best``). Falls back to
     :data:`fos.inpaint.infer.FALLBACK` with a warning when the SPL weights are missing."""
-    from fos.inpaint.infer import FALLBACK, Inpainter, onnx_problem as inpaint_onnx_problem
+    from fos.inpaint.infer import FALLBACK, Inpainter
 
-    path = os.path.join(weights, "inpaint.safetensors")
+    path = WeightsDir(weights).inpainter
     if method == "spl" and not os.path.isfile(path):
         log.warning("no inpainting weights at %s: erasing with OpenCV's %s (python -m fos.inpaint.train)", path,
                     FALLBACK)
         method = FALLBACK
-    problem = inpaint_onnx_problem(path) if method == "spl" and backend in ("auto", "onnxruntime") else None
-    if problem and have("onnx") and have("onnxruntime"):
-        from fos.export.inpaint import export_inpainter
-
-        log.info("exporting the inpainting graph (%s); once per set of weights", problem)
-        export_inpainter(path)
+    if method == "spl":
+        export_if_stale(path, "inpaint", backend)
     return Inpainter(method, path, backend=backend)
 
 
@@ -99,12 +116,42 @@ def prepare_referrer(path: str, backend: str = "auto"):
     if not os.path.isfile(path):
         log.warning("no referring weights at %s: the describe-the-object box is off (python -m fos.refer train)", path)
         return None
-    from fos.refer.infer import Referrer, onnx_problem as refer_onnx_problem
+    from fos.refer.infer import Referrer
 
-    problem = refer_onnx_problem(path) if backend in ("auto", "onnxruntime") else None
-    if problem and have("onnx") and have("onnxruntime"):
-        from fos.export.refer import export_referrer
-
-        log.info("exporting the referring graph (%s); once per set of weights", problem)
-        export_referrer(path)
+    export_if_stale(path, "refer", backend)
     return Referrer(path, backend=backend)
+
+
+def load(kind: str, weights: str = SHIPPED, backend: str = "auto"):
+    """The one way to load what a weights folder serves (:data:`fos.weights.MODELS`), on ``backend``
+    (``auto``: ONNX Runtime, exported first when the graphs are missing or stale, else torch; the teacher
+    and the student also take ``tensorrt``):
+
+    * ``teacher`` / ``student``: the :class:`fos.runtime.Backend` that runs both;
+    * ``prefilter``: the distilled :class:`fos.prefilter.Prefilter` of the folder's student (None without one);
+    * ``localizer``: :class:`fos.localize.infer.Localizer`;
+    * ``inpainter``: :class:`fos.inpaint.infer.Inpainter` (SPL);
+    * ``referrer``: :class:`fos.refer.infer.Referrer`.
+
+    A missing weights file is one :class:`WeightsError` that names the command that trains it."""
+    w = WeightsDir(weights)
+    path = w.path(kind)  # an unknown kind is refused here
+    if not w.has(kind):
+        from fos.weights import MODELS
+
+        raise WeightsError(f"{path} not found: train it with `{MODELS[kind]}` or pass another weights folder")
+    if kind in ("teacher", "student"):
+        if backend in ("auto", "onnxruntime"):
+            ensure_graphs(w)
+        return get_backend(backend, w)
+    if kind == "prefilter":
+        from fos.search import weights_prefilter
+
+        return weights_prefilter(w, w.student_sha256)
+    if kind == "localizer":
+        from fos.localize.infer import Localizer
+
+        return Localizer(path)
+    if kind == "inpainter":
+        return prepare_inpainter(weights, "spl", backend)
+    return prepare_referrer(path, backend)

@@ -5,6 +5,9 @@
     WEIGHTS/teacher.safetensors (+ teacher.json)   the teacher and its config
     WEIGHTS/student.safetensors (+ student.json)   the student and its config
     WEIGHTS/prefilter.safetensors (+ .json)        the prefilter distilled from the student (python -m fos.train.prefilter)
+    WEIGHTS/localizer.safetensors (+ .json)        DA-WSOL, photos -> boxes and cutouts (python -m fos.localize.train)
+    WEIGHTS/inpaint.safetensors (+ .json)          SPL, erase what is in a box (python -m fos.inpaint.train)
+    WEIGHTS/refer.safetensors (+ .json)            TRIS, phrase -> mask (python -m fos.refer train)
     WEIGHTS/onnx/                                  exported graphs + manifest.json   (python export/to_onnx.py)
     WEIGHTS/trt/                                   TensorRT engines + one .json each (python export/to_trt.py)
     WEIGHTS/library-<sha12>/                       the app's default library, encoded by these weights
@@ -23,6 +26,17 @@ from fos.checkpoint import file_sha256
 #: the shipped weights folder, found from the package rather than the working folder, so that the
 #: CLIs and the app run from anywhere (``weights/`` beside ``fos/`` in a clone or a Space)
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
+
+#: every model a weights folder holds -> the command that trains it
+MODELS = {
+    "teacher": "python -m fos.train teacher",
+    "student": "python -m fos.train student",
+    "prefilter": "python -m fos.train.prefilter",
+    "localizer": "python -m fos.localize.train",
+    "inpainter": "python -m fos.inpaint.train",
+    "referrer": "python -m fos.refer train",
+}
 
 
 @dataclass(frozen=True)
@@ -49,8 +63,32 @@ class WeightsDir:
     def trt(self) -> str:
         return os.path.join(self.root, "trt")
 
+    @property
+    def localizer(self) -> str:
+        return os.path.join(self.root, "localizer.safetensors")
+
+    @property
+    def inpainter(self) -> str:
+        return os.path.join(self.root, "inpaint.safetensors")
+
+    @property
+    def referrer(self) -> str:
+        return os.path.join(self.root, "refer.safetensors")
+
+    def path(self, kind: str) -> str:
+        """The weights file of a model kind (:data:`MODELS`)."""
+        if kind not in MODELS:
+            from fos.errors import UnknownModelError
+
+            raise UnknownModelError(f"unknown model kind {kind!r}; the weights folder holds {', '.join(MODELS)}")
+        return getattr(self, kind)
+
     def has(self, kind: str) -> bool:
-        return os.path.isfile(self.teacher if kind == "teacher" else self.student)
+        return os.path.isfile(self.path(kind))
+
+    def manifest(self) -> dict[str, dict]:
+        """Every model kind: its file, whether it is there, and what makes it."""
+        return {k: {"path": self.path(k), "present": self.has(k), "made_by": MODELS[k]} for k in MODELS}
 
     @cached_property
     def student_sha256(self) -> str:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fos.checkpoint import WeightsError
 from fos.library import Library, LibraryError
 from fos.library.build import write_library
 from fos.preprocess import InputError, load_image, norm_to_pixel_box
@@ -284,3 +285,32 @@ def test_clis_find_the_shipped_weights_from_any_folder(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "box erased with spl" in r.stdout, r.stderr[-2000:]
     assert (tmp_path / "erased.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- one load for every model
+def test_one_load_serves_every_model_of_a_weights_folder(tmp_path):
+    """``fos.bootstrap.load(kind, weights, backend)`` for each kind the folder's manifest lists; a kind the
+    folder lacks is one error naming the command that trains it; an unknown kind is refused."""
+    from fos.bootstrap import load
+    from fos.errors import UnknownModelError
+    from fos.weights import MODELS, WeightsDir
+
+    w = save_tiny(tmp_path / "w", seed=5)
+    man = WeightsDir(w).manifest()
+    assert list(man) == list(MODELS) == ["teacher", "student", "prefilter", "localizer", "inpainter", "referrer"]
+    assert [k for k, v in man.items() if v["present"]] == ["teacher", "student"]
+    b = load("student", w, "torch")
+    assert b.student_sha256 == WeightsDir(w).student_sha256
+    with pytest.raises(WeightsError, match=r"localizer.safetensors not found: train it with `python -m fos.localize.train`"):
+        load("localizer", w)
+    with pytest.raises(UnknownModelError, match="unknown model kind 'nope'"):
+        load("nope", w)
+    if os.path.isfile(os.path.join(SHIPPED, "refer.safetensors")):
+        from fos.inpaint.infer import Inpainter
+        from fos.localize.infer import Localizer
+        from fos.refer.infer import Referrer
+
+        assert isinstance(load("localizer", SHIPPED), Localizer)
+        assert isinstance(load("referrer", SHIPPED, "torch"), Referrer)
+        inp = load("inpainter", SHIPPED, "torch")
+        assert isinstance(inp, Inpainter) and inp.backend == "torch" and inp.method == "spl"

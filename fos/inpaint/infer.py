@@ -28,12 +28,11 @@ import torch
 from PIL import Image
 
 from fos.weights import SHIPPED
-from fos.checkpoint import graph_problem, load_paired, save_paired
+from fos.checkpoint import graph_problem, load_paired, open_side_graph, save_paired, side_graph
 from fos.config import to_dict
 from fos.inpaint.config import InpaintCfg
 from fos.inpaint.masks import crop_window, hole_bbox
 from fos.inpaint.model import SPLNet
-from fos.threads import have_onnxruntime, ort_session
 from fos.preprocess import RESAMPLE, InputError, load_image, validate_box
 
 DEFAULT_WEIGHTS = os.path.join(SHIPPED, "inpaint.safetensors")
@@ -63,7 +62,7 @@ def load_inpainter(path: str = DEFAULT_WEIGHTS) -> SPLNet:
 
 
 def onnx_path(weights: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(weights)), "onnx", "inpaint.onnx")
+    return side_graph(weights, "inpaint")
 
 
 def onnx_problem(weights: str) -> str | None:
@@ -135,16 +134,7 @@ class Inpainter:
             return
         self.model = model if model is not None else load_inpainter(weights)
         self.cfg = self.model.cfg
-        self.backend = "torch"
-        if model is None and backend in ("auto", "onnxruntime"):
-            problem = onnx_problem(weights)
-            if problem is None and have_onnxruntime():
-                self.session = ort_session(onnx_path(weights))
-                self.backend = "onnxruntime"
-            elif backend == "onnxruntime":
-                why = problem or "onnxruntime is not installed"
-                raise InputError(f"the onnxruntime backend needs an exported graph ({why}); run "
-                                 "`python export/to_onnx.py` or use --backend torch")
+        self.session, self.backend = open_side_graph(weights, "inpaint", backend) if model is None else (None, "torch")
         log.info("inpainting with %s (%s)", method, self.backend)
 
     @property

@@ -24,14 +24,13 @@ import torch
 from PIL import Image
 
 from fos.weights import SHIPPED
-from fos.checkpoint import graph_problem, load_paired, save_paired
+from fos.checkpoint import graph_problem, load_paired, open_side_graph, save_paired, side_graph
 from fos.config import to_dict
 from fos.preprocess import InputError, load_image, photo_input
 from fos.refer.config import ReferCfg
 from fos.refer.masks import keep_heaviest, keep_peak, prompted_mask  # noqa: F401 (keep_*: part of this API)
 from fos.refer.model import ReferNet
 from fos.refer.phrases import parse, words
-from fos.threads import have_onnxruntime, ort_session
 
 DEFAULT_WEIGHTS = os.path.join(SHIPPED, "refer.safetensors")
 BACKENDS = ("torch", "onnxruntime")
@@ -53,7 +52,7 @@ def bank_phrases(cfg: ReferCfg) -> list[str]:
 
 
 def onnx_path(weights: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(weights)), "onnx", "refer.onnx")
+    return side_graph(weights, "refer")
 
 
 def onnx_problem(weights: str) -> str | None:
@@ -101,15 +100,7 @@ class Referrer:
         self.model = load_referrer(model) if isinstance(model, str) else model.eval()
         self.cfg: ReferCfg = self.model.cfg
         self.categories = list(self.cfg.categories)
-        self.session, self.backend = None, "torch"
-        if weights and backend in ("auto", "onnxruntime"):
-            problem = onnx_problem(weights)
-            if problem is None and have_onnxruntime():
-                self.session, self.backend = ort_session(onnx_path(weights)), "onnxruntime"
-            elif backend == "onnxruntime":
-                why = problem or "onnxruntime is not installed"
-                raise InputError(f"the onnxruntime backend needs an exported graph ({why}); run "
-                                 "`python export/to_onnx.py` or use --backend torch")
+        self.session, self.backend = open_side_graph(weights, "refer", backend) if weights else (None, "torch")
         self.bank = bank_phrases(self.cfg)
         if self.cfg.mask_from == "prompted" and self.cfg.prompt_method == "u2netp":
             from fos.localize.masks import u2netp_path
