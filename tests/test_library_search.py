@@ -257,7 +257,7 @@ def test_search_photo_makes_each_composite_once_for_the_teacher_and_the_page(fos
                                                                              monkeypatch):
     """The app's one call: the reranked top N carry the composite the teacher scored (the one shown),
     the rest their own; the order is the teacher's top N, then the student's rest."""
-    import fos.search as S
+    import fos.search.engine as S
     from fos.composite import composite
     from fos.search import SearchEngine as Engine
 

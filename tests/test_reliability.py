@@ -116,7 +116,7 @@ def test_search_checks_the_library_before_making_a_backend(tmp_path, msrc_librar
 
     other = save_tiny(tmp_path / "other", seed=7)
     made = []
-    monkeypatch.setattr(S, "get_backend", lambda *a, **k: made.append(a) or None)
+    monkeypatch.setattr(S.engine, "get_backend", lambda *a, **k: made.append(a) or None)
     with pytest.raises(LibraryError, match="built with other weights"):
         S.load_engine(msrc_library.root, other, "onnxruntime")
     assert made == [] and not os.path.exists(os.path.join(other, "onnx"))

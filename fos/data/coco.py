@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fos.data import DatasetError, mask_path, read_json
+from fos.data.fosd import DatasetError, mask_path, read_json
 
 log = logging.getLogger("fos.data.coco")
 MAX_DISSIMILARS = 20

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from fos.data import DatasetError, mask_path, query_instances, train_instances
+from fos.data.fosd import DatasetError, mask_path, query_instances, train_instances
 from fos.preprocess import norm_to_pixel_box
 from fos.vocab import photo_class
 

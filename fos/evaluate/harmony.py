@@ -71,7 +71,7 @@ def evaluate_harmony(ts: TestSet, scorer: Scorer, box_jitter: float = 0.5, seed:
     """Recall@1/@3 of ``scorer`` on the harmony protocol (loose boxes), per category then averaged, with
     chance beside each. Queries for which too few other photos have distinct casts are skipped and
     counted; when none can be built, an error says how many were possible."""
-    from fos.evaluate import query_box, tied_recall
+    from fos.evaluate.protocols import query_box, tied_recall
 
     if ts.kind != "sfosd":
         raise InputError("the harmony protocol needs an S-FOSD test set (one true cutout per background)")

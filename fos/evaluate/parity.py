@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from fos.data import TestSet
-from fos.evaluate import StudentScorer, TeacherScorer, score_testset
+from fos.evaluate.protocols import StudentScorer, TeacherScorer, score_testset
 from fos.evaluate.metrics import average_over_categories, sfosd_metrics
 from fos.export.quantize import INT8_GRAPHS, RECALL_TOLERANCE
 from fos.runtime import OrtBackend, read_manifest
