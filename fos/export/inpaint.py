@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fos.checkpoint import atomic_write_json, file_sha256, sidecar
-from fos.export.onnx import OPSET, _export_one, real_photos
+from fos.checkpoint import file_sha256
+from fos.export.onnx import OPSET, _export_one, finish_graph, real_photos
 from fos.inpaint.infer import DEFAULT_WEIGHTS, Inpainter, load_inpainter, network_inputs, onnx_path
 
 log = logging.getLogger("fos.export")
@@ -73,12 +73,6 @@ def export_inpainter(weights: str = DEFAULT_WEIGHTS, out: str | None = None, dat
         got = sess.run(["filled"], {"image": img, "mask": mask})[0]
         want = Inpainter("spl", model=model).run_network(img, mask)
         diff = float(np.abs(got - want).max())
-        meta["parity"] = {"crops": len(img), "max_abs_diff": diff, "tolerance": TOLERANCE}
-        if diff > TOLERANCE:
-            atomic_write_json(sidecar(out), meta)  # no source_sha256: never served
-            raise RuntimeError(f"inpainting graph differs from torch by {diff:.2e} (> {TOLERANCE}) on real crops")
-    meta["source_sha256"] = file_sha256(weights)
-    atomic_write_json(sidecar(out), meta)
-    log.info("inpainting graph written to %s%s", out,
-             f" (parity {meta['parity']['max_abs_diff']:.2e} on {meta['parity']['crops']} real crops)" if check else "")
-    return meta
+        return finish_graph(out, meta, weights, "inpainting", {"crops": len(img), "max_abs_diff": diff,
+                                                               "tolerance": TOLERANCE}, "crops")
+    return finish_graph(out, meta, weights, "inpainting")

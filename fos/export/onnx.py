@@ -180,6 +180,27 @@ def real_photos(data_root: str | None, n: int, what: str) -> list[str]:
     return paths
 
 
+def finish_graph(out: str, meta: dict, weights: str, what: str, parity: dict | None = None,
+                 unit: str = "samples") -> dict:
+    """The tail of a side graph's export (the inpainter's, the referrer's): with ``parity``
+    (``{unit: n, "max_abs_diff": d, "tolerance": t}``) past its tolerance, the sidecar is written without
+    a source, so the graph is never served, and RuntimeError says so; else the sidecar binds the graph to
+    the sha256 of ``weights``. Returns the sidecar's content."""
+    from fos.checkpoint import sidecar
+
+    if parity is not None:
+        meta["parity"] = parity
+        if parity["max_abs_diff"] > parity["tolerance"]:
+            atomic_write_json(sidecar(out), meta)  # no source_sha256: never served
+            raise RuntimeError(f"{what} graph differs from torch by {parity['max_abs_diff']:.2e} "
+                               f"(> {parity['tolerance']}) on real {unit}")
+    meta["source_sha256"] = sha256(weights)
+    atomic_write_json(sidecar(out), meta)
+    log.info("%s graph written to %s%s", what, out,
+             f" (parity {parity['max_abs_diff']:.2e} on {parity[unit]} real {unit})" if parity else "")
+    return meta
+
+
 def real_inputs(data_root: str | None, n: int = 4, pcfg: PreprocessCfg | None = None) -> dict:
     """Real test inputs for parity checks: ``n`` backgrounds with their boxes and ``n`` foregrounds.
 

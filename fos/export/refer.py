@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fos.checkpoint import atomic_write_json, file_sha256, sidecar
-from fos.export.onnx import OPSET, real_photos
+from fos.checkpoint import file_sha256
+from fos.export.onnx import OPSET, finish_graph, real_photos
 from fos.refer.infer import DEFAULT_WEIGHTS, Referrer, load_referrer, onnx_path
 
 log = logging.getLogger("fos.export")
@@ -90,12 +90,6 @@ def export_referrer(weights: str = DEFAULT_WEIGHTS, out: str | None = None, data
                 diff = max(diff, *(float(np.abs(served(g, name) - served(w, name)).max())
                                    for g, w, name in zip(got, want, OUTPUTS) if name in ("maps", "mask_logits")))
                 n += 1
-        meta["parity"] = {"queries": n, "max_abs_diff": diff, "tolerance": TOLERANCE}
-        if diff > TOLERANCE:
-            atomic_write_json(sidecar(out), meta)  # no source_sha256: never served
-            raise RuntimeError(f"referring graph differs from torch by {diff:.2e} (> {TOLERANCE}) on real photos")
-    meta["source_sha256"] = file_sha256(weights)
-    atomic_write_json(sidecar(out), meta)
-    log.info("referring graph written to %s%s", out,
-             f" (parity {meta['parity']['max_abs_diff']:.2e} on {meta['parity']['queries']} real queries)" if check else "")
-    return meta
+        return finish_graph(out, meta, weights, "referring", {"queries": n, "max_abs_diff": diff, "tolerance": TOLERANCE},
+                            "queries")
+    return finish_graph(out, meta, weights, "referring")
