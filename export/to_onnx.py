@@ -62,24 +62,18 @@ def run(a) -> int:
     print(json.dumps({k: v["file"] for k, v in m["graphs"].items()}, indent=1))
     if a.int8:
         int8(w, out, a.data, a.calibration)
-    inpaint = os.path.join(a.weights, "inpaint.safetensors")
-    if os.path.isfile(inpaint):
-        from fos.export.inpaint import export_inpainter
+    from fos.export.inpaint import export_inpainter
+    from fos.export.refer import export_referrer
 
-        path = os.path.join(out, "inpaint.onnx")
-        meta = export_inpainter(inpaint, path, a.data, not a.no_check)
-        par = meta.get("parity")
-        print(f"wrote the inpainting graph {path}" + (f" (parity {par['max_abs_diff']:.2e} on {par['crops']} real "
-                                                      f"crops, tolerance {par['tolerance']})" if par else ""))
-    refer = os.path.join(a.weights, "refer.safetensors")
-    if os.path.isfile(refer):
-        from fos.export.refer import export_referrer
-
-        path = os.path.join(out, "refer.onnx")
-        meta = export_referrer(refer, path, a.data, not a.no_check)
-        par = meta.get("parity")
-        print(f"wrote the referring graph {path}" + (f" (parity {par['max_abs_diff']:.2e} on {par['queries']} real "
-                                                     f"queries, tolerance {par['tolerance']})" if par else ""))
+    for file, graph, what, unit, export in (("inpaint", "inpaint", "inpainting", "crops", export_inpainter),
+                                            ("refer", "refer", "referring", "queries", export_referrer)):
+        src = os.path.join(a.weights, f"{file}.safetensors")
+        if not os.path.isfile(src):
+            continue
+        path = os.path.join(out, f"{graph}.onnx")
+        par = export(src, path, a.data, not a.no_check).get("parity")
+        print(f"wrote the {what} graph {path}" + (f" (parity {par['max_abs_diff']:.2e} on {par[unit]} real "
+                                                  f"{unit}, tolerance {par['tolerance']})" if par else ""))
     return 0
 
 
