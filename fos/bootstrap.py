@@ -100,7 +100,7 @@ def prepare_inpainter(weights: str = SHIPPED, method: str = "spl", backend: str 
     :data:`fos.inpaint.infer.FALLBACK` with a warning when the SPL weights are missing."""
     from fos.inpaint.infer import FALLBACK, Inpainter
 
-    path = WeightsDir(weights).inpainter
+    path = WeightsDir(weights).path("inpainter")
     if method == "spl" and not os.path.isfile(path):
         log.warning("no inpainting weights at %s: erasing with OpenCV's %s (python -m fos.inpaint.train)", path,
                     FALLBACK)

@@ -39,6 +39,10 @@ MODELS = {
 }
 
 
+FILES = {"teacher": "teacher.safetensors", "student": "student.safetensors", "prefilter": "prefilter.safetensors",
+         "localizer": "localizer.safetensors", "inpainter": "inpaint.safetensors", "referrer": "refer.safetensors"}
+
+
 @dataclass(frozen=True)
 class WeightsDir:
     root: str = SHIPPED
@@ -63,25 +67,13 @@ class WeightsDir:
     def trt(self) -> str:
         return os.path.join(self.root, "trt")
 
-    @property
-    def localizer(self) -> str:
-        return os.path.join(self.root, "localizer.safetensors")
-
-    @property
-    def inpainter(self) -> str:
-        return os.path.join(self.root, "inpaint.safetensors")
-
-    @property
-    def referrer(self) -> str:
-        return os.path.join(self.root, "refer.safetensors")
-
     def path(self, kind: str) -> str:
         """The weights file of a model kind (:data:`MODELS`)."""
         if kind not in MODELS:
             from fos.errors import UnknownModelError
 
             raise UnknownModelError(f"unknown model kind {kind!r}; the weights folder holds {', '.join(MODELS)}")
-        return getattr(self, kind)
+        return os.path.join(self.root, FILES[kind])
 
     def has(self, kind: str) -> bool:
         return os.path.isfile(self.path(kind))
