@@ -594,3 +594,12 @@ def test_the_prompted_mask_follows_the_named_object():
     assert (m & truth["right"]).sum() > 0.8 * truth["right"].sum()
     with pytest.raises(ValueError, match="prompt method"):
         prompted_mask(photo, resp, {}, "cam")
+    # "instance": the objects cut in the box of the whole response compete by centroid, then response
+    from fos.refer.masks import in_named_third, instance_mask
+
+    assert in_named_third(10, 80, {"h": "on the left", "v": "at the bottom"}, 120, 90)
+    assert not in_named_third(40, 80, {"h": "on the left"}, 120, 90) and in_named_third(40, 80, {}, 120, 90)
+    for attrs, side in (({"h": "on the left"}, "left"), ({}, "right"), ({"h": "on the right"}, "right")):
+        m = instance_mask(photo, resp, attrs, "grabcut")
+        iou = (m & truth[side]).sum() / (m | truth[side]).sum()
+        assert iou > 0.8, (attrs, iou)

