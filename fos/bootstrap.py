@@ -139,7 +139,7 @@ def load(kind: str, weights: str = SHIPPED, backend: str = "auto"):
     if not w.has(kind):
         from fos.weights import MODELS
 
-        raise WeightsError(f"{path} not found: train it with `{MODELS[kind]}` or pass another weights folder")
+        raise WeightsError(f"{path} not found: train it with `{MODELS[kind][1]}` or pass another weights folder")
     if kind in ("teacher", "student"):
         if backend in ("auto", "onnxruntime"):
             ensure_graphs(w)

@@ -28,19 +28,15 @@ from fos.checkpoint import file_sha256
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
-#: every model a weights folder holds -> the command that trains it
+#: every model a weights folder holds -> (its file, the command that trains it)
 MODELS = {
-    "teacher": "python -m fos.train teacher",
-    "student": "python -m fos.train student",
-    "prefilter": "python -m fos.train.prefilter",
-    "localizer": "python -m fos.localize.train",
-    "inpainter": "python -m fos.inpaint.train",
-    "referrer": "python -m fos.refer train",
+    "teacher": ("teacher.safetensors", "python -m fos.train teacher"),
+    "student": ("student.safetensors", "python -m fos.train student"),
+    "prefilter": ("prefilter.safetensors", "python -m fos.train.prefilter"),
+    "localizer": ("localizer.safetensors", "python -m fos.localize.train"),
+    "inpainter": ("inpaint.safetensors", "python -m fos.inpaint.train"),
+    "referrer": ("refer.safetensors", "python -m fos.refer train"),
 }
-
-
-FILES = {"teacher": "teacher.safetensors", "student": "student.safetensors", "prefilter": "prefilter.safetensors",
-         "localizer": "localizer.safetensors", "inpainter": "inpaint.safetensors", "referrer": "refer.safetensors"}
 
 
 @dataclass(frozen=True)
@@ -49,15 +45,15 @@ class WeightsDir:
 
     @property
     def teacher(self) -> str:
-        return os.path.join(self.root, "teacher.safetensors")
+        return self.path("teacher")
 
     @property
     def student(self) -> str:
-        return os.path.join(self.root, "student.safetensors")
+        return self.path("student")
 
     @property
     def prefilter(self) -> str:
-        return os.path.join(self.root, "prefilter.safetensors")
+        return self.path("prefilter")
 
     @property
     def onnx(self) -> str:
@@ -73,14 +69,14 @@ class WeightsDir:
             from fos.errors import UnknownModelError
 
             raise UnknownModelError(f"unknown model kind {kind!r}; the weights folder holds {', '.join(MODELS)}")
-        return os.path.join(self.root, FILES[kind])
+        return os.path.join(self.root, MODELS[kind][0])
 
     def has(self, kind: str) -> bool:
         return os.path.isfile(self.path(kind))
 
     def manifest(self) -> dict[str, dict]:
         """Every model kind: its file, whether it is there, and what makes it."""
-        return {k: {"path": self.path(k), "present": self.has(k), "made_by": MODELS[k]} for k in MODELS}
+        return {k: {"path": self.path(k), "present": self.has(k), "made_by": MODELS[k][1]} for k in MODELS}
 
     @cached_property
     def student_sha256(self) -> str:

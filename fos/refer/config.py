@@ -7,7 +7,7 @@ from fos.config import Cfg
 
 
 MASK_FROM = ("segmenter", "response", "prompted", "instance")
-PROMPT_METHODS = ("u2netp", "grabcut")  # fos.refer.masks.PROMPT_METHODS
+PROMPT_METHODS = ("u2netp", "grabcut")  # what cuts the object in a prompted box (fos.refer.masks)
 
 
 def check_mask(mask_from: str, peak_fraction: float, names: tuple[str, str]) -> None:

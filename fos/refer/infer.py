@@ -9,9 +9,8 @@ A query is the phrase, then the category bank (one phrase per known category, th
 out): the calibration weighs the query's response against theirs. The mask (``mask_from``) is the
 segmenter's probability at ``mask_threshold`` or more, upsampled to the photo, keeping its connected
 component with the most probability mass; or the response at ``peak_fraction`` of its peak or more,
-keeping the connected component that holds the peak; or (``prompted``) that component, its peak taken
-inside the region the phrase's location words name, as the box of a u2netp / GrabCut mask
-(:mod:`fos.refer.masks`).
+keeping the connected component that holds the peak; or a u2netp / GrabCut mask the response and the
+phrase's location words prompt (``prompted``, ``instance``: the shipped one; :mod:`fos.refer.masks`).
 """
 from __future__ import annotations
 
@@ -108,7 +107,7 @@ class Referrer:
             try:
                 u2netp_path()
             except InputError as e:  # e.g. a Space that installs requirements.txt only
-                log.warning("%s; prompted masks fall back to grabcut", e)
+                log.warning("%s; %s masks fall back to grabcut", e, self.cfg.mask_from)
                 self.cfg = replace(self.cfg, prompt_method="grabcut")
 
     def knows(self) -> str:
@@ -162,7 +161,8 @@ class Referrer:
     def mask_of(self, prob: np.ndarray, response: np.ndarray, mask_from: str | None = None,
                 photo: np.ndarray | None = None, attrs: dict | None = None) -> np.ndarray:
         """The final mask (by ``mask_from``, default the config's) from the segmenter's probability and the
-        response over its peak; ``prompted`` also needs the RGB uint8 ``photo`` and the phrase's ``attrs``."""
+        response over its peak; ``prompted`` and ``instance`` also need the RGB uint8 ``photo`` and the phrase's
+        ``attrs``."""
         how = mask_from or self.cfg.mask_from
         if how in ("prompted", "instance"):
             if photo is None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fos.refer.config import PROMPT_METHODS
+
 THIRD = {"on the left": 0, "in the middle": 1, "on the right": 2, "at the top": 0, "at the bottom": 2}
-PROMPT_METHODS = ("u2netp", "grabcut")
 
 
 def keep_heaviest(mask: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -64,6 +65,11 @@ def named_region(attrs: dict, width: int, height: int, margin: float = 0.0) -> n
     return region
 
 
+def check_method(method: str) -> None:
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"prompt method must be one of {', '.join(PROMPT_METHODS)}, got {method!r}")
+
+
 def box_of(mask: np.ndarray, pad: float = 0.0) -> tuple[int, int, int, int]:
     """The box (x1, y1, x2, y2; x2/y2 exclusive) of a non-empty mask, grown by ``pad`` of its size on
     each side and clipped to the photo."""
@@ -86,10 +92,9 @@ def prompted_mask(photo: np.ndarray, response: np.ndarray, attrs: dict, method: 
     3. ``method`` (u2netp or GrabCut) cuts the object inside the box, and of its components the one with
        the most response is kept. If it cuts nothing, the response's component is the mask.
     """
-    from fos.localize.masks import grabcut_mask, u2netp_mask
+    from fos.localize.masks import box_to_mask
 
-    if method not in PROMPT_METHODS:
-        raise ValueError(f"prompt method must be one of {', '.join(PROMPT_METHODS)}, got {method!r}")
+    check_method(method)
     h, w = response.shape
     inside = response * named_region(attrs, w, h, margin)
     r = inside if inside.max() > 0 else response
@@ -97,7 +102,7 @@ def prompted_mask(photo: np.ndarray, response: np.ndarray, attrs: dict, method: 
     if not comp.any():
         return comp
     box = box_of(comp, pad)
-    cut = u2netp_mask(photo, box) if method == "u2netp" else grabcut_mask(photo, box)
+    cut = box_to_mask(method, photo, box)
     if not cut.any():
         return comp
     return keep_heaviest(cut, r + 1e-6 * comp)
@@ -128,16 +133,15 @@ def instance_mask(photo: np.ndarray, response: np.ndarray, attrs: dict, method: 
     its peak is the mask."""
     import cv2
 
-    from fos.localize.masks import grabcut_mask, u2netp_mask
+    from fos.localize.masks import box_to_mask
 
-    if method not in PROMPT_METHODS:
-        raise ValueError(f"prompt method must be one of {', '.join(PROMPT_METHODS)}, got {method!r}")
+    check_method(method)
     lit = response >= peak_fraction
     if not lit.any():
         return lit
     h, w = response.shape
     box = box_of(lit, pad)
-    cut = u2netp_mask(photo, box) if method == "u2netp" else grabcut_mask(photo, box)
+    cut = box_to_mask(method, photo, box)
     n, lab, stats, cent = cv2.connectedComponentsWithStats(cut.astype(np.uint8), connectivity=8)
     total = max(int(cut.sum()), 1)
     cands = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_share * total]
