@@ -19,6 +19,16 @@ def check_mask(mask_from: str, peak_fraction: float, names: tuple[str, str]) -> 
         raise ValueError(f"{names[1]} must be in (0, 1], got {peak_fraction}")
 
 
+def check_prompt(method: str, margin: float, pad: float, names: tuple[str, str, str]) -> None:
+    """The prompted-cut settings of :class:`ReferCfg` and :class:`ReferTrainCfg` (``names``: how each
+    config spells the three)."""
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"{names[0]} must be one of {', '.join(PROMPT_METHODS)}, got {method!r}")
+    for name, v in zip(names[1:], (margin, pad)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {v}")
+
+
 @dataclass
 class ReferCfg(Cfg):
     """A TRIS-style referring segmenter. Stored next to its weights."""
@@ -64,10 +74,7 @@ class ReferCfg(Cfg):
         if self.dim % self.text_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of text_heads {self.text_heads}")
         check_mask(self.mask_from, self.peak_fraction, ("mask_from", "peak_fraction"))
-        if self.prompt_method not in PROMPT_METHODS:
-            raise ValueError(f"prompt_method must be one of {', '.join(PROMPT_METHODS)}, got {self.prompt_method!r}")
-        if not 0 <= self.region_margin <= 1 or not 0 <= self.box_pad <= 1:
-            raise ValueError(f"region_margin and box_pad must be in [0, 1], got {self.region_margin}, {self.box_pad}")
+        check_prompt(self.prompt_method, self.region_margin, self.box_pad, ("prompt_method", "region_margin", "box_pad"))
 
 
 @dataclass
@@ -91,8 +98,13 @@ class ReferTrainCfg(Cfg):
     calibration: int = 1  # 0: ablation without calibration
     pooling: str = "max"
     seg_features: int = 1  # 0: the segmenter reads the responses and the position only
-    mask_from: str = "response"  # the served mask: "segmenter", "response", "prompted" or "instance" (ReferCfg.mask_from)
-    peak_fraction: float = 0.2  # with --mask-from response: the share of the response's peak kept
+    # the served mask (ReferCfg.mask_from, and the three settings of its prompted cut below): "segmenter",
+    # "response", "prompted" or "instance", the one the shipped weights serve (docs/refer.md)
+    mask_from: str = "instance"
+    peak_fraction: float = 0.2  # the share of the response's peak kept (the instance mask's box, the response mask)
+    prompt_method: str = "u2netp"  # what cuts the object in the prompted box: u2netp or grabcut
+    region_margin: float = 1 / 6  # "prompted": the named third widened by this share of the side, each way
+    box_pad: float = 0.15  # "prompted", "instance": the response's box grown by this share of its size
     focal_p: float = 3.0  # the focal penalty (1 - x)^p log(lambda + x) on the calibrated foreground share
     focal_lambda: float = 0.01
     pseudo_fraction: float = 0.5  # pseudo mask: selected response >= this share of its peak
@@ -118,6 +130,8 @@ class ReferTrainCfg(Cfg):
         if not self.data:
             raise ValueError("--data needs at least one dataset root")
         check_mask(self.mask_from, self.peak_fraction, ("--mask-from", "--peak-fraction"))
+        check_prompt(self.prompt_method, self.region_margin, self.box_pad,
+                     ("--prompt-method", "--region-margin", "--box-pad"))
         if not 0 <= self.holdout < 1:
             raise ValueError(f"--holdout must be in [0, 1), got {self.holdout}")
         if self.hard_weight < 0:

@@ -239,6 +239,16 @@ def init_image_encoder(model: ReferNet, path: str) -> str:
     return f"{os.path.abspath(path)}:{file_sha256(path)}"
 
 
+def model_cfg(cfg: ReferTrainCfg, categories: list[str], vocab: list[str]) -> ReferCfg:
+    """The :class:`ReferCfg` a run of ``cfg`` trains and saves: its network and its served mask."""
+    return ReferCfg(categories=categories, vocab=vocab, input_size=cfg.input_size, dim=cfg.dim,
+                    pretrained=bool(cfg.pretrained), coords=bool(cfg.coords), spatial_gate=bool(cfg.spatial_gate),
+                    gate_gain=cfg.gate_gain, prompt=bool(cfg.prompt), pooling=cfg.pooling,
+                    seg_features=bool(cfg.seg_features), calibration=bool(cfg.calibration), mask_from=cfg.mask_from,
+                    peak_fraction=cfg.peak_fraction, prompt_method=cfg.prompt_method,
+                    region_margin=cfg.region_margin, box_pad=cfg.box_pad)
+
+
 def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "") -> str:
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
@@ -246,11 +256,7 @@ def fit(cfg: ReferTrainCfg, save: str, restart: bool = False, command: str = "")
     cats, vocab = vocabulary([p for p in photos if not is_dev(p.path, cfg.holdout)], cfg.min_photos)
     if not photos or not cats:
         raise DatasetError(f"no training photos with a category of at least {cfg.min_photos} photos in {cfg.data}")
-    model = ReferNet(ReferCfg(categories=cats, vocab=vocab, input_size=cfg.input_size, dim=cfg.dim,
-                              pretrained=bool(cfg.pretrained), coords=bool(cfg.coords),
-                              spatial_gate=bool(cfg.spatial_gate), gate_gain=cfg.gate_gain, prompt=bool(cfg.prompt), pooling=cfg.pooling, seg_features=bool(cfg.seg_features),
-                              mask_from=cfg.mask_from, peak_fraction=cfg.peak_fraction,
-                              calibration=bool(cfg.calibration)))
+    model = ReferNet(model_cfg(cfg, cats, vocab))
     views = Views(photos, cats, cfg.holdout)
     ndev = sum(is_dev(p.path, cfg.holdout) for p in photos)
     usable = np.nonzero(views.usable())[0]
