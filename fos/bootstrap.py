@@ -74,10 +74,12 @@ def prepare(weights: str = SHIPPED, library: str | None = None, backend: str = "
 
 def export_if_stale(path: str, name: str, backend: str) -> None:
     """Export the side graph ``name`` of the model file ``path`` (the inpainter's, the referrer's) into
-    ``<its folder>/onnx`` when the backend would serve it and it is missing or stale; once per weights."""
+    ``<its folder>/onnx`` when the backend would serve it or build its TensorRT engine from it (``auto``,
+    ``onnxruntime``, ``tensorrt``) and it is missing or stale; once per weights. TensorRT engines are
+    built by ``python export/to_trt.py`` on the GPU that serves them, as the teacher's and the student's."""
     from fos.checkpoint import graph_problem, side_graph
 
-    if backend not in ("auto", "onnxruntime") or not (have("onnx") and have("onnxruntime")):
+    if backend not in ("auto", "onnxruntime", "tensorrt") or not (have("onnx") and have("onnxruntime")):
         return
     problem = graph_problem(side_graph(path, name), path)
     if not problem:
@@ -124,8 +126,8 @@ def prepare_referrer(path: str, backend: str = "auto"):
 
 def load(kind: str, weights: str = SHIPPED, backend: str = "auto"):
     """The one way to load what a weights folder serves (:data:`fos.weights.MODELS`), on ``backend``
-    (``auto``: ONNX Runtime, exported first when the graphs are missing or stale, else torch; the teacher
-    and the student also take ``tensorrt``):
+    (``auto``: TensorRT where a GPU and current engines are, then ONNX Runtime, its graphs exported first
+    when they are missing or stale, else torch; ``tensorrt`` runs engines built by ``export/to_trt.py``):
 
     * ``teacher`` / ``student``: the :class:`fos.runtime.Backend` that runs both;
     * ``prefilter``: the distilled :class:`fos.prefilter.Prefilter` of the folder's student (None without one);

@@ -206,30 +206,9 @@ def stale_source(recorded_sha256: str | None, current_sha256: str, artifact: str
 
 def side_graph(weights: str, name: str) -> str:
     """Where the exported graph ``name`` of a model file lives: ``<its folder>/onnx/<name>.onnx`` (the
-    inpainter's and the referring segmenter's; the teacher's and the student's are :mod:`fos.runtime`'s)."""
+    inpainter's and the referring segmenter's; the teacher's and the student's are :mod:`fos.runtime`'s;
+    the backend that serves it, :func:`fos.runtime.graphs.open_graph`)."""
     return os.path.join(os.path.dirname(os.path.abspath(weights)), "onnx", f"{name}.onnx")
-
-
-def open_side_graph(weights: str, name: str, backend: str):
-    """(an ONNX Runtime session, or None for torch; the backend's name) for the model file ``weights``:
-    ``auto`` serves its exported graph while it is current and onnxruntime is installed, else torch;
-    ``onnxruntime`` must get the graph or says in one line why not; ``torch`` never opens it. The one
-    backend choice of every model that is not the teacher or the student."""
-    from fos.errors import InputError
-    from fos.threads import have_onnxruntime, ort_session
-
-    if backend not in ("auto", "torch", "onnxruntime"):
-        raise InputError(f"unknown backend {backend!r}; choose auto, torch or onnxruntime")
-    if backend == "torch":
-        return None, "torch"
-    problem = graph_problem(side_graph(weights, name), weights)
-    if problem is None and have_onnxruntime():
-        return ort_session(side_graph(weights, name)), "onnxruntime"
-    if backend == "onnxruntime":
-        why = problem or "onnxruntime is not installed"
-        raise InputError(f"the onnxruntime backend needs an exported graph ({why}); run "
-                         "`python export/to_onnx.py` or use --backend torch")
-    return None, "torch"
 
 
 def graph_problem(graph: str, weights: str) -> str | None:

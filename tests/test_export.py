@@ -154,6 +154,57 @@ def test_tensorrt_missing_is_one_clear_line(tmp_path):
         get_backend("tensorrt", str(tmp_path))
 
 
+def test_engine_checks_need_no_tensorrt(tmp_path):
+    """The checks before an engine is opened or a batch sent, on hand-written engine JSONs."""
+    from fos.checkpoint import file_sha256
+    from fos.runtime.trt import engine_problem, profile_problem
+
+    onnx = tmp_path / "refer.onnx"
+    onnx.write_bytes(b"graph")
+    engine = tmp_path / "refer.engine"
+    sha = file_sha256(str(onnx))
+    assert "no TensorRT engine" in engine_problem(str(engine), sha, str(onnx))
+    engine.write_bytes(b"plan")
+    gpu = {"gpu_name": "NVIDIA H100", "compute_capability": "9.0"}
+    (tmp_path / "refer.json").write_text(json.dumps({"onnx_sha256": sha, "tensorrt_version": "10.9.0", **gpu}))
+    assert engine_problem(str(engine), sha, str(onnx), "10.9.0", gpu) == ""
+    assert "exported from other weights" in engine_problem(str(engine), "0" * 64, str(onnx))
+    assert "built with TensorRT 10.9.0, this is 11.0.0" in engine_problem(str(engine), sha, str(onnx), "11.0.0")
+    other = {"gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+    assert "built for NVIDIA H100 (sm 9.0), this GPU is NVIDIA L4 (sm 8.9)" in \
+        engine_problem(str(engine), sha, str(onnx), "10.9.0", other)
+    (tmp_path / "refer.json").write_text("{not json")
+    assert "no TensorRT engine" in engine_problem(str(engine), sha, str(onnx))
+
+    shapes = {"tokens": {"min": [1, 1], "opt": [9, 4], "max": [9, 12]}}
+    assert profile_problem("refer", shapes, {"tokens": np.zeros((9, 12)), "image": np.zeros((1, 3, 8, 8))}) == ""
+    assert "batch 10 for tokens is past the engine's maximum 9" in profile_problem("refer", shapes, {"tokens": np.zeros((10, 3))})
+    assert "dimension 1 13 for tokens is past the engine's maximum 12" in \
+        profile_problem("refer", shapes, {"tokens": np.zeros((9, 13))})
+    assert "tokens has 1 dimensions, the engine takes 2" in profile_problem("refer", shapes, {"tokens": np.zeros(9)})
+
+
+def test_to_trt_checks_the_graph_names_first(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "export", "to_trt.py"), "--onnx", str(tmp_path),
+                        "--graphs", "student_bg,bogus"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip() == ("error: --graphs: unknown graph bogus; use teacher, student_bg, "
+                                                     "student_fg, student_head, inpaint, refer")
+
+
+def test_batch_profiles_of_the_four_graphs():
+    from fos.export.trt import batch_profiles
+
+    got = batch_profiles({"bg_part": [1, 8, 7, 7], "fg_part": [-1, 8, 7, 7], "geom": [-1, 17], "k": [2]}, 1, 8, 64)
+    assert got == {"fg_part": {"min": [1, 8, 7, 7], "opt": [8, 8, 7, 7], "max": [64, 8, 7, 7]},
+                   "geom": {"min": [1, 17], "opt": [8, 17], "max": [64, 17]}}
+    got = batch_profiles({"bg_part": [-1, 8, 7, 7]}, 2, 4, 8)
+    assert got["bg_part"] == {"min": [1, 8, 7, 7], "opt": [1, 8, 7, 7], "max": [1, 8, 7, 7]}
+    with pytest.raises(BackendError, match="dynamic non-batch dims"):
+        batch_profiles({"tokens": [-1, -1]}, 1, 8, 64)
+    with pytest.raises(ValueError, match="min_batch <= opt_batch"):
+        batch_profiles({}, 4, 2, 8)
+
+
 def test_tensorrt_engines_build_and_match(exported, tmp_path):
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable from the registries reachable here")
     if not torch.cuda.is_available():

@@ -268,6 +268,38 @@ def test_onnx_graph_matches_torch_and_is_served(data_root, tmp_path):
         Inpainter("spl", w, backend="onnxruntime")
 
 
+def test_tensorrt_serves_the_inpainter_or_says_in_one_line_why_not(data_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+    import json
+
+    from fos.bootstrap import export_if_stale
+    from fos.checkpoint import sidecar
+    from fos.errors import BackendError
+    from fos.inpaint.infer import onnx_path
+
+    w = str(tmp_path / "inpaint.safetensors")
+    save_inpainter(tiny(), w)
+    export_if_stale(w, "inpaint", "tensorrt")  # the engine is built from the exported graph
+    s = tiny().cfg.size
+    assert json.load(open(sidecar(onnx_path(w))))["trt_profile"]["mask"] == \
+        {"min": [1, 1, s, s], "opt": [1, 1, s, s], "max": [16, 1, s, s]}
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(BackendError, match="TensorRT is not installed"):
+            Inpainter("spl", w, backend="tensorrt")
+        return
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from fos.export.trt import build_side_engine
+
+    build_side_engine(onnx_path(w), str(tmp_path / "trt"))
+    rt, pt = Inpainter("spl", w, backend="tensorrt"), Inpainter("spl", w, backend="torch")
+    assert rt.backend == "tensorrt"
+    a = np.asarray(rt.erase_box(PHOTO, (40, 50, 120, 110))).astype(int)
+    b = np.asarray(pt.erase_box(PHOTO, (40, 50, 120, 110))).astype(int)
+    assert np.abs(a - b).max() <= 2  # TF32 convolutions: within 2 of 255 levels
+
+
 # --------------------------------------------------------------------------- command line and evaluation
 def test_cli_writes_the_photo_and_keeps_it_on_failure(tmp_path, capsys):
     from fos.inpaint.__main__ import main

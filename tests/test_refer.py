@@ -264,9 +264,29 @@ def _fit(data_root, out, expect=0):
     save = str(out / "refer.safetensors")
     rc = main(["train", "--data", data_root, "--out", str(out), "--save", save, "--steps", "3", "--seg-steps", "2",
                "--batch-size", "4", "--limit", "6", "--input-size", "64", "--dim", "16", "--pretrained", "0",
-               "--min-photos", "1"])
+               "--min-photos", "1", "--mask-from", "response"])  # response masks: no u2netp cut per phrase
     assert rc == expect
     return save
+
+
+def test_training_saves_the_served_mask_it_is_told():
+    """``python -m fos.refer train`` saves the shipped mask (instance) by default, and every setting of
+    the prompted cut it is given, from its flags."""
+    from fos.refer.config import ReferTrainCfg
+    from fos.refer.train import build_parser, model_cfg
+
+    c = model_cfg(ReferTrainCfg(pretrained=0), ["cow"], ["cow"])
+    assert (c.mask_from, c.prompt_method, c.region_margin, c.box_pad, c.peak_fraction) == \
+        ("instance", "u2netp", 1 / 6, 0.15, 0.2)
+    a = build_parser().parse_args(["--mask-from", "prompted", "--prompt-method", "grabcut", "--region-margin", "0.25",
+                                   "--box-pad", "0.3"])
+    c = model_cfg(ReferTrainCfg(pretrained=0, **{k: getattr(a, k) for k in
+                                                ("mask_from", "prompt_method", "region_margin", "box_pad")}), ["cow"], ["cow"])
+    assert (c.mask_from, c.prompt_method, c.region_margin, c.box_pad) == ("prompted", "grabcut", 0.25, 0.3)
+    for bad, flag in (({"prompt_method": "sam"}, "--prompt-method"), ({"box_pad": 2.0}, "--box-pad"),
+                      ({"region_margin": -0.1}, "--region-margin")):
+        with pytest.raises(ValueError, match=flag):
+            ReferTrainCfg(**bad)
 
 
 def test_training_is_seeded_resumable_and_saves_a_loadable_model(data_root, tmp_path, capsys):
@@ -449,6 +469,48 @@ def test_onnx_graph_matches_torch_and_is_served(tiny_refer, data_root):
         # within 1e-3 of each other give shown maps within 2e-3 / p (|ra/pa - rb/pb| <= (|ra - rb| + |pa - pb|) / pa)
         assert abs(a[3] - b[3]) < 1e-3 and np.abs(a[0] - b[0]).max() < 2e-3 / min(a[3], b[3])
         assert np.abs(a[1] - b[1]).max() < 1e-3 and abs(a[2] - b[2]) < 1e-3
+
+
+def test_tensorrt_serves_the_referrer_or_says_in_one_line_why_not(tiny_refer, data_root, capsys):
+    """The same backend choice as the other graphs: ``bootstrap.export_if_stale`` exports the ONNX graph
+    for ``tensorrt`` too, its sidecar holds the engine's profile (the query and every category phrase,
+    ``max_tokens`` words each), and without TensorRT the backend is refused in one line."""
+    import importlib.util
+
+    from fos.bootstrap import export_if_stale
+    from fos.checkpoint import sidecar
+    from fos.errors import BackendError
+    from fos.refer.infer import Referrer, onnx_path
+    from fos.runtime.trt import profile_problem
+
+    export_if_stale(tiny_refer, "refer", "tensorrt")
+    prof = json.load(open(sidecar(onnx_path(tiny_refer))))["trt_profile"]
+    pt = Referrer(tiny_refer, backend="torch")
+    n = len(pt.categories)
+    assert prof["tokens"]["max"] == [n + 1, pt.cfg.max_tokens] and prof["tokens"]["min"] == [1, 1]
+    c = pt.categories[0]
+    for text in (c, f"the small white {c} on the left", " ".join([f"big red {c} on the right at the top"] * 5)):
+        assert profile_problem("refer", prof, {"tokens": pt.query_tokens(text).numpy()}) == ""
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(BackendError, match="TensorRT is not installed"):
+            Referrer(tiny_refer, backend="tensorrt")
+        img = os.path.join(DATA, "photos", "1_18_s.jpg")
+        r = refer_cli(capsys, "--image", img, "--text", c, "--mask", os.devnull, "--weights", tiny_refer,
+                      "--backend", "tensorrt")
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "TensorRT is not installed" in r.stderr
+        return
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from fos.export.trt import build_side_engine
+
+    build_side_engine(onnx_path(tiny_refer), os.path.join(os.path.dirname(tiny_refer), "trt"))
+    rt = Referrer(tiny_refer, backend="tensorrt")
+    assert rt.backend == "tensorrt" and Referrer(tiny_refer).backend == "tensorrt"  # auto picks a current engine
+    photo = Image.open(TWO_COWS).convert("RGB")
+    for text in (c, f"the {c} on the right"):
+        a, b = rt.predict(photo, text), pt.predict(photo, text)
+        # TF32 convolutions (TensorRT's default on Ampere and later): the segmenter's probability within 1e-2
+        assert np.abs(a[1] - b[1]).max() < 1e-2 and abs(a[2] - b[2]) < 1e-2
 
 
 @shipped

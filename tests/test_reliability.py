@@ -161,9 +161,10 @@ LAYERS = [
                                    "fos.library.sources", "fos.localize.masks", "fos.localize", "fos.inpaint",
                                    "fos.refer", "fos.refer.phrases"}),
     ("networks", {"fos.models", "fos.localize.model", "fos.inpaint.model", "fos.refer.encoders", "fos.refer.model"}),
-    ("models built and loaded", {"fos.registry", "fos.cost", "fos.localize.infer", "fos.inpaint.infer",
-                                 "fos.inpaint.features", "fos.refer.infer"}),
+    ("models built and loaded", {"fos.registry", "fos.cost", "fos.localize.infer", "fos.inpaint.features"}),
     ("backends", {"fos.runtime"}),
+    # the inpainter and the referrer as served: each opens its graph on a backend (fos.runtime.graphs)
+    ("side models served", {"fos.inpaint.infer", "fos.refer.infer"}),
     ("scoring and export", {"fos.scoring", "fos.export"}),
     ("methods", {"fos.library.build", "fos.search", "fos.evaluate", "fos.train", "fos.localize.train",
                  "fos.localize.evaluate", "fos.library.grow", "fos.inpaint.train",

@@ -3,7 +3,7 @@
 One graph, ``inpaint.onnx``: ``image`` (B, 3, S, S) in [-1, 1], ``mask`` (B, 1, S, S) -> ``filled``
 (B, 3, S, S), dynamic batch, next to the other graphs in ``<weights dir>/onnx``. A sidecar
 ``inpaint.json`` records the source weights' sha256 (so :class:`fos.inpaint.infer.Inpainter` serves it
-only while it is current), the opset and the parity measured here.
+only while it is current), the opset, the parity measured here and the TensorRT profile (batch 1 to 16).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from fos.inpaint.infer import DEFAULT_WEIGHTS, Inpainter, load_inpainter, networ
 
 log = logging.getLogger("fos.export")
 TOLERANCE = 1e-3  # max |onnxruntime - torch| of the filled crop (values in [-1, 1])
+TRT_MAX_BATCH = 16  # the TensorRT engine's largest batch of crops (the app erases one box at a time)
 
 
 class InpaintOnnx(nn.Module):
@@ -64,7 +65,9 @@ def export_inpainter(weights: str = DEFAULT_WEIGHTS, out: str | None = None, dat
               "mask": (torch.rand(2, 1, s, s, generator=g) > 0.5).float()}
     _export_one(InpaintOnnx(model), inputs, ["filled"], out, fp16=False)
     meta = {"source": os.path.abspath(weights), "opset": OPSET, "inputs": {"image": ["batch", 3, s, s],
-            "mask": ["batch", 1, s, s]}, "outputs": ["filled"], "sha256": file_sha256(out)}
+            "mask": ["batch", 1, s, s]}, "outputs": ["filled"], "sha256": file_sha256(out),
+            "trt_profile": {k: {"min": [1, c, s, s], "opt": [1, c, s, s], "max": [TRT_MAX_BATCH, c, s, s]}
+                            for k, c in (("image", 3), ("mask", 1))}}
     if check:
         from fos.threads import ort_session
 

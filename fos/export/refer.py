@@ -4,8 +4,8 @@ One graph, ``refer.onnx``: ``image`` (1, 3, S, S, ImageNet-normalized) and ``tok
 query first, then the category bank; :meth:`fos.refer.infer.Referrer.query_tokens`) -> ``responses``
 (1, T, h, w), ``maps`` (1, T, h, w), ``mask_logits`` (1, 1, h, w) of the query and ``logits`` (1, T);
 T and L are dynamic. The sidecar ``refer.json`` records the source weights' sha256 (so
-:class:`fos.refer.infer.Referrer` serves it only while it is current), the opset and the parity
-measured here.
+:class:`fos.refer.infer.Referrer` serves it only while it is current), the opset, the parity measured
+here and the TensorRT optimization profile (:func:`trt_profile`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from fos.checkpoint import file_sha256
 from fos.export.onnx import OPSET, finish_graph, real_photos
-from fos.refer.infer import DEFAULT_WEIGHTS, Referrer, load_referrer, onnx_path
+from fos.refer.infer import DEFAULT_WEIGHTS, Referrer, bank_phrases, load_referrer, onnx_path
 
 log = logging.getLogger("fos.export")
 # max |onnxruntime - torch| over what is served: the maps (in [0, 1]) and the segmenter's probability
@@ -33,6 +33,13 @@ OUTPUTS = ["responses", "maps", "mask_logits", "logits"]
 def served(x: np.ndarray, name: str) -> np.ndarray:
     """An output as it is used: mask logits as the segmenter's probability, maps as they are."""
     return 1 / (1 + np.exp(-x)) if name == "mask_logits" else x
+
+
+def trt_profile(cfg) -> dict:
+    """The TensorRT optimization profile of ``tokens``: up to the query plus every category phrase
+    (:func:`fos.refer.infer.bank_phrases`), each up to ``cfg.max_tokens`` words."""
+    phrases = len(bank_phrases(cfg)) + 1
+    return {"tokens": {"min": [1, 1], "opt": [phrases, min(4, cfg.max_tokens)], "max": [phrases, cfg.max_tokens]}}
 
 
 class ReferOnnx(nn.Module):
@@ -74,7 +81,7 @@ def export_referrer(weights: str = DEFAULT_WEIGHTS, out: str | None = None, data
     os.replace(tmp, out)
     meta = {"source": os.path.abspath(weights), "opset": OPSET,
             "inputs": {"image": [1, 3, s, s], "tokens": ["phrases", "length"]}, "outputs": OUTPUTS,
-            "sha256": file_sha256(out)}
+            "sha256": file_sha256(out), "trt_profile": trt_profile(model.cfg)}
     if check:
         from fos.preprocess import load_image, photo_input
         from fos.threads import ort_session

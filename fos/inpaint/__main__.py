@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the filled photo (.png or .jpg)")
     p.add_argument("--method", choices=METHODS, default="spl")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="SPL weights (method spl)")
-    cli.add_backend(p, "spl only: torch, or onnxruntime when the exported graph is current", BACKENDS)
+    cli.add_backend(p, "spl only: torch, onnxruntime (the exported graph) or tensorrt (its engine); auto: the "
+                   "best one ready", BACKENDS)
     cli.add_threads(p)
     return p
 

@@ -8,8 +8,9 @@ never changed:
   ``python -m fos.inpaint.train``; shipped: ``weights/inpaint.safetensors``). The crop is resized to
   ``cfg.size`` squared, filled, and resized back. With ``cfg.init == "telea"`` the crop's hole is first
   filled by Telea at full resolution; the network sees that fill at ``cfg.size`` and its correction
-  (output minus input) is upsampled and added to the full-resolution fill. Runs in torch or, when its
-  exported graph ``<weights dir>/onnx/inpaint.onnx`` is current, in ONNX Runtime (``backend="auto"``).
+  (output minus input) is upsampled and added to the full-resolution fill. Runs in torch, in ONNX
+  Runtime when its exported graph ``<weights dir>/onnx/inpaint.onnx`` is current, or in TensorRT from
+  ``<weights dir>/trt/inpaint.engine`` (:func:`fos.runtime.graphs.open_graph`).
 - ``telea``, ``ns``: OpenCV's ``cv2.inpaint`` (Telea's fast marching; Navier-Stokes), at full resolution.
 - ``shiftmap``, ``fsr-fast``, ``fsr-best``: OpenCV contrib's ``cv2.xphoto.inpaint`` (He and Sun's shift-map,
   exemplar based, run in CIELab as its documentation asks; Seiler and Genser's frequency-selective
@@ -28,8 +29,9 @@ import torch
 from PIL import Image
 
 from fos.weights import SHIPPED
-from fos.checkpoint import graph_problem, load_paired, open_side_graph, save_paired, side_graph
-from fos.config import to_dict
+from fos.checkpoint import graph_problem, load_paired, save_paired, side_graph
+from fos.runtime.graphs import open_graph
+from fos.config import BACKENDS, to_dict
 from fos.inpaint.config import InpaintCfg
 from fos.inpaint.masks import crop_window, hole_bbox
 from fos.inpaint.model import SPLNet
@@ -41,7 +43,6 @@ XPHOTO_METHODS = {"shiftmap": "INPAINT_SHIFTMAP", "fsr-fast": "INPAINT_FSR_FAST"
 METHODS = ("spl", *CV2_METHODS, *XPHOTO_METHODS)
 CONTRIB = "opencv-contrib-python-headless"
 XPHOTO_SIDE = 128  # the xphoto methods' working size: the crop's longer side at most this (pixels)
-BACKENDS = ("torch", "onnxruntime")  # what runs the spl generator (the opencv methods need none)
 MAX_HOLE_FRACTION = 0.85  # a hole larger than this share of the photo leaves too little to fill from
 CV2_RADIUS = 5  # cv2.inpaint's neighbourhood radius (pixels)
 # what erases when no SPL weights are installed: the fastest classical method of the README's table that
@@ -114,8 +115,9 @@ def cv2_fill(crop: np.ndarray, hole: np.ndarray, method: str = "telea", radius: 
 class Inpainter:
     """``Inpainter(method).fill(photo, hole)`` and ``.erase_box(photo, box)``.
 
-    ``backend`` (``spl`` only): ``torch``, ``onnxruntime`` or ``auto`` (ONNX Runtime when the exported
-    graph is current and onnxruntime is installed, else torch).
+    ``backend`` (``spl`` only): ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``
+    (:func:`fos.runtime.graphs.open_graph`: TensorRT where a GPU and a current engine are, then ONNX
+    Runtime when the exported graph is current, else torch).
     """
 
     def __init__(self, method: str = "spl", weights: str = DEFAULT_WEIGHTS, backend: str = "auto",
@@ -134,7 +136,7 @@ class Inpainter:
             return
         self.model = model if model is not None else load_inpainter(weights)
         self.cfg = self.model.cfg
-        self.session, self.backend = open_side_graph(weights, "inpaint", backend) if model is None else (None, "torch")
+        self.session, self.backend = open_graph(weights, "inpaint", backend) if model is None else (None, "torch")
         log.info("inpainting with %s (%s)", method, self.backend)
 
     @property

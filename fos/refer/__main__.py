@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="output: box, score, peak")
     p.add_argument("--response", default=None, help="output: the response map over the photo (PNG)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"referring weights (default {DEFAULT_WEIGHTS})")
-    cli.add_backend(p, choices=("torch", "onnxruntime"))
+    cli.add_backend(p, "torch, onnxruntime (the exported graph) or tensorrt (its engine); auto: the best one ready")
     cli.add_threads(p)
     return p
 

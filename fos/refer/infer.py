@@ -2,8 +2,9 @@
 
 Weights: a safetensors file with its JSON config beside it (``ReferCfg``), written by
 ``python -m fos.refer train``; the shipped one is ``weights/refer.safetensors``. ``backend``: ``torch``,
-``onnxruntime`` or ``auto`` (ONNX Runtime when ``<weights dir>/onnx/refer.onnx`` was exported from these
-weights and onnxruntime is installed, else torch), as the other graphs.
+``onnxruntime``, ``tensorrt`` or ``auto`` (:func:`fos.runtime.graphs.open_graph`: TensorRT where a GPU and
+``<weights dir>/trt/refer.engine`` built from the current graph are, then ONNX Runtime when
+``<weights dir>/onnx/refer.onnx`` was exported from these weights, else torch), as the other graphs.
 
 A query is the phrase, then the category bank (one phrase per known category, the query's own left
 out): the calibration weighs the query's response against theirs. The mask (``mask_from``) is the
@@ -23,8 +24,9 @@ import torch
 from PIL import Image
 
 from fos.weights import SHIPPED
-from fos.checkpoint import graph_problem, load_paired, open_side_graph, save_paired, side_graph
-from fos.config import to_dict
+from fos.checkpoint import graph_problem, load_paired, save_paired, side_graph
+from fos.runtime.graphs import open_graph
+from fos.config import BACKENDS, to_dict
 from fos.preprocess import InputError, load_image, photo_input
 from fos.refer.config import ReferCfg
 from fos.refer.masks import instance_mask, keep_heaviest, keep_peak, prompted_mask  # noqa: F401 (keep_*: part of this API)
@@ -32,7 +34,6 @@ from fos.refer.model import ReferNet
 from fos.refer.phrases import parse, words
 
 DEFAULT_WEIGHTS = os.path.join(SHIPPED, "refer.safetensors")
-BACKENDS = ("torch", "onnxruntime")
 log = logging.getLogger("fos.refer")
 
 
@@ -99,7 +100,7 @@ class Referrer:
         self.model = load_referrer(model) if isinstance(model, str) else model.eval()
         self.cfg: ReferCfg = self.model.cfg
         self.categories = list(self.cfg.categories)
-        self.session, self.backend = open_side_graph(weights, "refer", backend) if weights else (None, "torch")
+        self.session, self.backend = open_graph(weights, "refer", backend) if weights else (None, "torch")
         self.bank = bank_phrases(self.cfg)
         if self.cfg.mask_from in ("prompted", "instance") and self.cfg.prompt_method == "u2netp":
             from fos.localize.masks import u2netp_path
