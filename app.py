@@ -260,10 +260,11 @@ def load_localizer():
 
 
 def load_referrer():
-    """The referring segmenter for the panel's "describe the object" box; None when its weights are missing."""
+    """The referring segmenter for the panel's "describe the object" box, on ``FOS_BACKEND`` like every graph
+    the app runs; None when its weights are missing."""
     from fos.bootstrap import prepare_referrer
 
-    ref = prepare_referrer(REFER)
+    ref = prepare_referrer(REFER, BACKEND)
     if ref is None:
         return None
     log.info("referring segmenter %s (%s, %d categories)", REFER, ref.backend, len(ref.categories))
@@ -317,10 +318,11 @@ def cut_from_photo(localizer, photo, category: str, box_text: str | None, method
 
 
 def load_inpainter():
-    """The inpainter behind "erase what is in the box first" (``FOS_INPAINT``: one of fos.inpaint.infer.METHODS)."""
+    """The inpainter behind "erase what is in the box first" (``FOS_INPAINT``: one of fos.inpaint.infer.METHODS),
+    on the backend the teacher and student run on (``FOS_BACKEND``)."""
     from fos.bootstrap import prepare_inpainter
 
-    inp = prepare_inpainter(WEIGHTS, INPAINT_METHOD, "torch" if BACKEND == "torch" else "auto")
+    inp = prepare_inpainter(WEIGHTS, INPAINT_METHOD, BACKEND)
     log.info("erasing boxes with %s", inp.description)
     return inp
 

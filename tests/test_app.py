@@ -433,3 +433,16 @@ def test_a_taken_port_is_one_line_before_the_models_load():
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(lines) == 1 and f"port {port} on 127.0.0.1 is taken" in lines[0] and "PORT=" in lines[0], lines
     assert "loading" not in r.stderr, r.stderr[-2000:]
+
+
+def test_the_side_models_run_on_the_backend_the_app_is_told(monkeypatch):
+    """``FOS_BACKEND`` picks the backend of every graph the app runs: the inpainter and the referring
+    segmenter follow it, as the teacher and student do (before, the side models were left on auto)."""
+    import app
+
+    if not os.path.isfile(app.REFER) or not os.path.isfile(os.path.join(app.WEIGHTS, "inpaint.safetensors")):
+        pytest.skip("the shipped referring or inpainting weights are missing")
+    monkeypatch.setattr(app, "BACKEND", "torch")
+    monkeypatch.setattr(app, "INPAINT_METHOD", "spl")
+    assert app.load_inpainter().backend == "torch"
+    assert app.load_referrer().backend == "torch"
