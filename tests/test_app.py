@@ -440,8 +440,6 @@ def test_the_side_models_run_on_the_backend_the_app_is_told(monkeypatch):
     segmenter follow it, as the teacher and student do (before, the side models were left on auto)."""
     import app
 
-    if not os.path.isfile(app.REFER) or not os.path.isfile(os.path.join(app.WEIGHTS, "inpaint.safetensors")):
-        pytest.skip("the shipped referring or inpainting weights are missing")
     monkeypatch.setattr(app, "BACKEND", "torch")
     monkeypatch.setattr(app, "INPAINT_METHOD", "spl")
     assert app.load_inpainter().backend == "torch"
